@@ -1,0 +1,189 @@
+"""DUET's framework-free pieces: its config, the teacher targets (online or precomputed), the student loss.
+
+The OU trainer (``duet_plugin.openunlearning.trainers.duet``) only wires these into OU's ``UnlearnTrainer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from duet_plugin.core.collate import extend_with_continuations, gather_positions
+from duet_plugin.core.losses import (
+    TopKTargets,
+    select_topk,
+    topk_distillation_loss,
+    validate_distance,
+    validate_top_k,
+)
+
+POSITIONS = ("first", "first_n")
+TEACHER_MODES = ("precomputed", "online")
+
+
+@dataclass
+class DUETConfig:
+    """DUET hyper-parameters (``trainer.method_args`` in ``configs/trainer/DUET.yaml``).
+
+    Defaults follow the paper where it says (first position, Huber on raw logits, forget and retain in one
+    objective with equal weight); ``top_k=10`` and ``huber_delta=1.0`` are our choices (not published).
+    """
+
+    top_k: int = 10
+    distance: str = "huber"
+    huber_delta: float = 1.0
+    positions: str = "first"
+    num_positions: int = 8
+    stream_weights: dict[str, float] = field(default_factory=lambda: {"forget": 1.0, "retain": 1.0})
+    teacher: str = "precomputed"
+    teacher_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        validate_top_k(self.top_k, vocab_size=self.top_k)  # positivity now; the vocabulary check needs the model
+        validate_distance(self.distance)
+        if self.positions not in POSITIONS:
+            raise ValueError(
+                f"Unknown positions mode {self.positions!r}; trainer.method_args.positions must be "
+                f"one of {POSITIONS} ('first' is the paper's)."
+            )
+        if self.positions == "first_n" and (not isinstance(self.num_positions, int) or self.num_positions < 1):
+            raise ValueError("positions=first_n needs trainer.method_args.num_positions >= 1.")
+        if self.teacher not in TEACHER_MODES:
+            raise ValueError(
+                f"Unknown teacher mode {self.teacher!r}; trainer.method_args.teacher must be one of {TEACHER_MODES}."
+            )
+        if self.huber_delta <= 0:
+            raise ValueError("trainer.method_args.huber_delta must be positive.")
+        if self.teacher_batch_size < 1:
+            raise ValueError("trainer.method_args.teacher_batch_size must be >= 1.")
+        self.stream_weights = {str(k): float(v) for k, v in dict(self.stream_weights).items()}
+        if any(w < 0 for w in self.stream_weights.values()):
+            raise ValueError("trainer.method_args.stream_weights must be non-negative.")
+
+    @property
+    def continuation_length(self) -> int:
+        """How many tokens the teacher continues greedily (0 for ``first``)."""
+        return self.num_positions if self.positions == "first_n" else 0
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, eos_ids: Sequence[int]
+) -> list[list[int]]:
+    """Greedy ``n``-token continuations of right-padded prompts, each cut after its first EOS."""
+    rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask, strict=False)]
+    width = max(len(r) for r in rows)
+    pad = eos_ids[0] if eos_ids else 0
+    left = torch.full((len(rows), width), pad, dtype=torch.long, device=input_ids.device)
+    mask = torch.zeros_like(left)
+    for i, r in enumerate(rows):
+        left[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    out = model.generate(
+        input_ids=left,
+        attention_mask=mask,
+        max_new_tokens=n,
+        min_new_tokens=1,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=list(eos_ids) or None,
+    )
+    conts = []
+    for row in out[:, width:].tolist():
+        cut = next((j + 1 for j, tok in enumerate(row) if tok in eos_ids), len(row))
+        conts.append(row[:cut])
+    return conts
+
+
+@torch.no_grad()
+def teacher_targets(
+    teacher: Any, batch: Mapping[str, torch.Tensor], cfg: DUETConfig, pad_id: int, eos_ids: Sequence[int]
+) -> tuple[TopKTargets, dict[str, torch.Tensor], list[list[int]]]:
+    """The teacher's top-K targets for one collated stream batch.
+
+    Returns the targets (row-major over valid positions), the batch extended with the teacher's continuation
+    (unchanged for ``first``) and the continuations themselves.
+    """
+    conts: list[list[int]] = [[] for _ in range(batch["teacher_input_ids"].shape[0])]
+    if cfg.continuation_length:
+        conts = greedy_continuations(
+            teacher,
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            cfg.continuation_length,
+            eos_ids,
+        )
+        batch = extend_with_continuations(batch, conts, pad_id)
+    logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
+    validate_top_k(cfg.top_k, logits.shape[-1])
+    at = gather_positions(logits, batch["teacher_positions"], batch["position_mask"])
+    return select_topk(at, cfg.top_k), dict(batch), conts
+
+
+def student_loss(model: Any, batch: Mapping[str, torch.Tensor], targets: TopKTargets, cfg: DUETConfig) -> torch.Tensor:
+    """The student's distillation loss on one stream batch (query-only view, no prefix)."""
+    logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
+    at = gather_positions(logits, batch["student_positions"], batch["position_mask"])
+    return topk_distillation_loss(at, targets.to(at.device), cfg.distance, cfg.huber_delta)
+
+
+class TeacherTargetStore:
+    """Precomputed teacher targets, kept compactly on the CPU: per example, its continuation and K ids (int32),
+    K logits and one log-normalizer (float32) per aligned position."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]]] = {}
+
+    def add(
+        self,
+        stream: str,
+        indices: Sequence[int],
+        targets: TopKTargets,
+        position_mask: torch.Tensor,
+        continuations: Sequence[Sequence[int]],
+    ) -> None:
+        counts = position_mask.sum(dim=1).tolist()
+        offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
+        rows = self._rows.setdefault(stream, {})
+        for i, idx in enumerate(indices):
+            a, b = offsets[i], offsets[i + 1]
+            rows[int(idx)] = (
+                targets.indices[a:b].to("cpu", torch.int32),
+                targets.values[a:b].to("cpu"),
+                targets.logsumexp[a:b].to("cpu"),
+                list(continuations[i]),
+            )
+
+    def lookup(self, stream: str, indices: Sequence[int]) -> tuple[TopKTargets, list[list[int]]]:
+        rows = self._rows.get(stream)
+        if rows is None:
+            raise KeyError(f"No precomputed teacher targets for stream {stream!r} (have {sorted(self._rows)}).")
+        try:
+            picked = [rows[int(i)] for i in indices]
+        except KeyError as err:
+            raise KeyError(f"No precomputed teacher target for {stream} example {err.args[0]}.") from None
+        targets = TopKTargets(
+            torch.cat([p[0] for p in picked]).long(),
+            torch.cat([p[1] for p in picked]),
+            torch.cat([p[2] for p in picked]),
+        )
+        return targets, [p[3] for p in picked]
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._rows.values())
+
+    def streams(self) -> list[str]:
+        return sorted(self._rows)
+
+    def nbytes(self) -> int:
+        """Bytes held by the stored tensors (continuations excluded)."""
+        return sum(
+            t.numel() * t.element_size() for rows in self._rows.values() for row in rows.values() for t in row[:3]
+        )

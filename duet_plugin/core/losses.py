@@ -1,0 +1,108 @@
+"""Distillation losses as plain functions (no trainer, no framework).
+
+DUET (Zhong et al., ICLR 2026, Eq. 3) matches the student's raw logits to the prompt-steered teacher's at the
+teacher's top-K vocabulary indices, with a Huber loss, summed over the K indices. ``mse`` and ``kl`` (softmax over
+the K logits plus one bucket for the rest of the vocabulary) are the alternatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+DISTANCES = ("huber", "mse", "kl")
+
+
+@dataclass
+class TopKTargets:
+    """Teacher targets at N aligned positions: top-K vocabulary ids, their raw logits, and the full-vocabulary
+    log-normalizer (needed by the ``kl`` distance's tail bucket)."""
+
+    indices: torch.Tensor  # [N, K] int64
+    values: torch.Tensor  # [N, K] float
+    logsumexp: torch.Tensor  # [N] float
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    def to(self, device: torch.device | str) -> TopKTargets:
+        return TopKTargets(self.indices.to(device), self.values.to(device), self.logsumexp.to(device))
+
+
+def validate_top_k(top_k: int, vocab_size: int) -> None:
+    """Raise a ValueError that names the fix unless ``0 < top_k <= vocab_size``."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0:
+        raise ValueError(f"trainer.method_args.top_k must be a positive integer, got {top_k!r}.")
+    if top_k > vocab_size:
+        raise ValueError(
+            f"trainer.method_args.top_k={top_k} is larger than the model's vocabulary ({vocab_size}); "
+            f"use a value in 1..{vocab_size} (the DUET default is 10)."
+        )
+
+
+def validate_distance(distance: str) -> None:
+    if distance not in DISTANCES:
+        raise ValueError(f"Unknown distance {distance!r}; trainer.method_args.distance must be one of {DISTANCES}.")
+
+
+def select_topk(teacher_logits: torch.Tensor, top_k: int) -> TopKTargets:
+    """Top-K targets from teacher logits ``[N, V]`` (computed in float32)."""
+    validate_top_k(top_k, teacher_logits.shape[-1])
+    logits = teacher_logits.detach().float()
+    values, indices = logits.topk(top_k, dim=-1)
+    return TopKTargets(indices=indices, values=values, logsumexp=logits.logsumexp(dim=-1))
+
+
+def _topk_tail_kl(student_logits: torch.Tensor, targets: TopKTargets) -> torch.Tensor:
+    """KL(teacher || student) over K+1 outcomes: the K teacher-top tokens and one bucket for all others."""
+    s = student_logits.float()
+    log_q_all = s.logsumexp(dim=-1, keepdim=True)
+    log_q = s.gather(-1, targets.indices) - log_q_all
+    log_p = targets.values.float() - targets.logsumexp.float().unsqueeze(-1)
+    p = log_p.exp()
+    kl = (p * (log_p - log_q)).sum(dim=-1)
+    if targets.indices.shape[-1] < s.shape[-1]:
+        p_tail = (1.0 - p.sum(dim=-1)).clamp(min=0.0)
+        masked = s.scatter(-1, targets.indices, float("-inf"))
+        log_q_tail = masked.logsumexp(dim=-1) - log_q_all.squeeze(-1)
+        kl = kl + torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail
+    return kl
+
+
+def topk_distillation_loss(
+    student_logits: torch.Tensor,
+    targets: TopKTargets,
+    distance: str = "huber",
+    huber_delta: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """DUET's top-K logit distillation loss.
+
+    Args:
+        student_logits: ``[N, V]`` student logits at the N aligned positions.
+        targets: the teacher's top-K targets at the same positions.
+        distance: ``huber`` (raw logits, the paper), ``mse`` (raw logits) or ``kl`` (K + tail bucket).
+        huber_delta: the Huber threshold (``huber`` only).
+        reduction: ``mean`` over positions (each position sums over its K indices) or ``none`` (``[N]``).
+    """
+    validate_distance(distance)
+    if student_logits.shape[0] != len(targets):
+        raise ValueError(f"{student_logits.shape[0]} student positions but {len(targets)} teacher targets.")
+    if distance == "kl":
+        per_position = _topk_tail_kl(student_logits, targets)
+    else:
+        s = student_logits.float().gather(-1, targets.indices)
+        t = targets.values.float()
+        if distance == "huber":
+            per_position = F.huber_loss(s, t, reduction="none", delta=huber_delta).sum(dim=-1)
+        else:
+            per_position = (s - t).pow(2).sum(dim=-1)
+    if reduction == "none":
+        return per_position
+    if reduction != "mean":
+        raise ValueError(f"Unknown reduction {reduction!r}; use 'mean' or 'none'.")
+    if per_position.numel() == 0:
+        return student_logits.sum() * 0.0
+    return per_position.mean()

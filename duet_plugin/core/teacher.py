@@ -1,0 +1,292 @@
+"""The prompt-steered DUET teacher: a named prefix library and the renderer of teacher/student prompts.
+
+The teacher is the starting model with an unlearning *prefix* in front of the query; the student is the same
+model seeing the bare query. Prompts are rendered exactly as OpenUnlearning renders them for generation
+(``data/utils.py:preprocess_chat_instance``), in both of OU's template styles:
+
+* ``apply_chat_template: true``: the tokenizer's chat template. The prefix goes into the system message (after
+  the model config's own ``system_prompt``), or in front of the user message when the template has no system role.
+* ``apply_chat_template: false``: OU's manual tag strings (``user_start_tag`` ...). The prefix is text before
+  the user turn, after ``system_prompt_with_special_tokens``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PREFIX_LIBRARY_FILE = Path(__file__).with_name("prefixes.yaml")
+PLACEMENTS = ("auto", "system", "user")
+_PLACEHOLDER = re.compile(r"\{(\w*)\}")
+_SENTINEL = "DUET_SYSTEM_ROLE_PROBE"
+
+
+@cache
+def prefix_library() -> dict[str, str]:
+    """The named prefixes shipped with the plugin (``name -> template with an optional {concepts} slot``)."""
+    with PREFIX_LIBRARY_FILE.open() as f:
+        library = yaml.safe_load(f)
+    return {name: " ".join(str(text).split()) for name, text in library.items()}
+
+
+def join_concepts(concepts: Sequence[str]) -> str:
+    """``["A"] -> "A"``, ``["A", "B"] -> "A and B"``, ``["A", "B", "C"] -> "A, B and C"``."""
+    items = [c.strip() for c in concepts if c and c.strip()]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+@dataclass(frozen=True)
+class PrefixSpec:
+    """What the teacher is told: a library name or literal text, plus the concepts to forget.
+
+    Mirrors ``trainer.method_args.prefix`` in ``configs/trainer/DUET.yaml``.
+    """
+
+    name: str | None = "forget_concepts"
+    text: str | None = None
+    concepts: tuple[str, ...] = ()
+    placement: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | str | None) -> PrefixSpec:
+        """Build from a config mapping (``name``/``text``/``concepts``/``placement``) or a bare library name."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, str):
+            return cls(name=cfg)
+        known = {"name", "text", "concepts", "placement"}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(
+                f"Unknown key(s) {sorted(unknown)} in trainer.method_args.prefix; valid keys are {sorted(known)}."
+            )
+        concepts = cfg.get("concepts") or ()
+        if isinstance(concepts, str):
+            concepts = (concepts,)
+        spec = cls(
+            name=cfg.get("name"),
+            text=cfg.get("text"),
+            concepts=tuple(str(c) for c in concepts),
+            placement=cfg.get("placement") or "auto",
+        )
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Fail fast on a bad spec (unknown name, no text, bad placement, stray placeholders)."""
+        if self.placement not in PLACEMENTS:
+            raise ValueError(
+                f"Unknown prefix placement {self.placement!r}; use one of {PLACEMENTS} "
+                "(trainer.method_args.prefix.placement)."
+            )
+        if self.text is None and self.name is None:
+            raise ValueError(
+                "No teacher prefix: set trainer.method_args.prefix.name to one of "
+                f"{sorted(prefix_library())} or trainer.method_args.prefix.text to your own instruction."
+            )
+        if self.text is None and self.name not in prefix_library():
+            raise ValueError(
+                f"Unknown prefix name {self.name!r}. Known prefixes: {sorted(prefix_library())}. "
+                "Pick one (trainer.method_args.prefix.name=...) or give your own text "
+                "(trainer.method_args.prefix.text='...')."
+            )
+        stray = {p for p in _PLACEHOLDER.findall(self.template) if p != "concepts"}
+        if stray:
+            raise ValueError(
+                f"Prefix text has placeholder(s) {sorted('{' + s + '}' for s in stray)}; only {{concepts}} is filled."
+            )
+
+    @property
+    def template(self) -> str:
+        """The raw template text (literal text wins over the library name)."""
+        return self.text if self.text is not None else prefix_library()[self.name or ""]
+
+    @property
+    def needs_concepts(self) -> bool:
+        return "{concepts}" in self.template
+
+    def with_concepts(self, concepts: Iterable[str]) -> PrefixSpec:
+        return PrefixSpec(self.name, self.text, tuple(concepts), self.placement)
+
+    def render(self) -> str:
+        """The final prefix text with ``{concepts}`` filled; raises if it needs concepts and has none."""
+        self.validate()
+        if not self.needs_concepts:
+            return self.template
+        if not self.concepts:
+            raise ValueError(
+                f"The teacher prefix {self.name or 'text'!r} has a {{concepts}} slot but no concepts were given "
+                "or could be derived from the forget data. Set trainer.method_args.prefix.concepts=[...] "
+                "(e.g. the names of the forget authors)."
+            )
+        return self.template.replace("{concepts}", join_concepts(self.concepts))
+
+
+@dataclass(frozen=True)
+class TemplateArgs:
+    """OU's ``model.template_args`` (see ``configs/model/*.yaml``)."""
+
+    apply_chat_template: bool = True
+    system_prompt: str | None = None
+    system_prompt_with_special_tokens: str | None = None
+    user_start_tag: str | None = None
+    user_end_tag: str | None = None
+    asst_start_tag: str | None = None
+    asst_end_tag: str | None = None
+    date_string: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | TemplateArgs | None) -> TemplateArgs:
+        if isinstance(cfg, TemplateArgs):
+            return cfg
+        cfg = dict(cfg or {})
+        names = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        known = {k: cfg.pop(k) for k in list(cfg) if k in names}
+        return cls(**known, extra=cfg)
+
+
+class PromptRenderer:
+    """Renders and tokenizes the student prompt (query only) and the teacher prompt (prefix + query).
+
+    The returned ids end with the generation prompt, so the last id is the position whose logits predict the
+    first response token. The student ids equal OU's ``preprocess_chat_instance(..., predict_with_generate=True)``
+    prompt ids.
+    """
+
+    def __init__(
+        self, tokenizer: Any, template_args: Mapping[str, Any] | TemplateArgs | None, placement: str = "auto"
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.template = TemplateArgs.from_config(template_args)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"Unknown prefix placement {placement!r}; use one of {PLACEMENTS}.")
+        t = self.template
+        if t.apply_chat_template:
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValueError(
+                    "model.template_args.apply_chat_template is true but the tokenizer has no chat_template. "
+                    "Use a tokenizer that ships one, or set model.template_args.apply_chat_template=false and give "
+                    "the manual tags (user_start_tag, user_end_tag, asst_start_tag) as OU's Llama-2 config does."
+                )
+        else:
+            missing = [k for k in ("user_start_tag", "user_end_tag", "asst_start_tag") if getattr(t, k) is None]
+            if missing:
+                raise ValueError(
+                    f"model.template_args.apply_chat_template is false but {missing} are not set: a tokenizer "
+                    "without a chat template needs OU's manual tag strings (see configs/model/Llama-2-7b-hf.yaml)."
+                )
+        if placement == "auto":
+            placement = "system" if (not t.apply_chat_template or self._supports_system_role()) else "user"
+        self.placement = placement
+
+    def _date_kwargs(self) -> dict[str, str]:
+        return {"date_string": self.template.date_string} if self.template.date_string is not None else {}
+
+    def _supports_system_role(self) -> bool:
+        chat = [{"role": "system", "content": _SENTINEL}, {"role": "user", "content": "hi"}]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                chat, tokenize=False, add_generation_prompt=True, **self._date_kwargs()
+            )
+        except Exception:  # jinja2 TemplateError ("System role not supported") and friends
+            return False
+        return _SENTINEL in text
+
+    def _system_text(self, prefix: str | None) -> str | None:
+        base = self.template.system_prompt
+        if prefix is None or self.placement == "user":
+            return base
+        return f"{base}\n\n{prefix}" if base else prefix
+
+    def prompt_text(self, query: str, prefix: str | None = None) -> str:
+        """The prompt as a string (for logs, for OU's eval ``system_prompt`` override, and for tests)."""
+        t = self.template
+        user = f"{prefix}\n\n{query}" if prefix is not None and self.placement == "user" else query
+        if t.apply_chat_template:
+            chat = []
+            system = self._system_text(prefix)
+            if system:
+                chat.append({"role": "system", "content": system})
+            chat.append({"role": "user", "content": user})
+            return self.tokenizer.apply_chat_template(
+                chat, tokenize=False, add_generation_prompt=True, **self._date_kwargs()
+            )
+        head = t.system_prompt_with_special_tokens or ""
+        if prefix is not None and self.placement == "system":
+            head += f"{prefix}\n\n"
+        return head + t.user_start_tag + user + t.user_end_tag + t.asst_start_tag
+
+    def prompt_ids(self, query: str, prefix: str | None = None) -> list[int]:
+        """Token ids of the prompt, ending with the generation prompt (as OU tokenizes it)."""
+        t = self.template
+        if t.apply_chat_template:
+            user = f"{prefix}\n\n{query}" if prefix is not None and self.placement == "user" else query
+            chat = []
+            system = self._system_text(prefix)
+            if system:
+                chat.append({"role": "system", "content": system})
+            chat.append({"role": "user", "content": user})
+            return list(
+                self.tokenizer.apply_chat_template(
+                    chat, tokenize=True, add_generation_prompt=True, **self._date_kwargs()
+                )
+            )
+        return list(self.tokenizer(self.prompt_text(query, prefix), add_special_tokens=True)["input_ids"])
+
+    def teacher_system_prompt(self, prefix: str) -> dict[str, str]:
+        """OU ``model.template_args`` overrides that make OU's own eval.py query the prompt-steered teacher."""
+        if self.template.apply_chat_template:
+            if self.placement == "user":
+                raise ValueError("This chat template has no system role; the teacher cannot be set by system_prompt.")
+            return {"system_prompt": self._system_text(prefix) or ""}
+        return {
+            "system_prompt_with_special_tokens": (self.template.system_prompt_with_special_tokens or "")
+            + f"{prefix}\n\n"
+        }
+
+
+_NAME_WORD = r"[A-Z][\w'’\-]*[a-zA-Z]"
+_NAME_RUN = re.compile(rf"{_NAME_WORD}(?:\s+(?:{_NAME_WORD}))+")
+_LEADING_WORDS = frozenset(
+    "What Who Whom Whose Where When Why How Which Is Are Was Were Did Does Do Can Could Would Will Has Have Had "
+    "In On At Of For From By With About The A An And Or But If Please Tell Describe Name List Give Explain "
+    "Question Answer".split()
+)
+
+
+def derive_concepts(
+    forget_texts: Iterable[str], retain_texts: Iterable[str] = (), min_count: int = 2, max_concepts: int = 50
+) -> list[str]:
+    """Proper names that recur in the forget texts and never appear in the retain texts.
+
+    Used to fill the ``{concepts}`` slot from data when the config gives none (TOFU: the forget authors'
+    names, which TOFU's questions and answers repeat). A heuristic: runs of two or more capitalized words,
+    stripped of sentence-initial question words, counted once per text. Give concepts explicitly when the
+    names do not recur.
+    """
+    counts: dict[str, int] = {}
+    for text in forget_texts:
+        found = set()
+        for run in _NAME_RUN.findall(text or ""):
+            words = run.split()
+            while words and words[0] in _LEADING_WORDS:
+                words = words[1:]
+            if len(words) >= 2:
+                found.add(" ".join(words))
+        for name in found:
+            counts[name] = counts.get(name, 0) + 1
+    retain_blob = "\n".join(retain_texts)
+    candidates = [n for n, c in counts.items() if c >= min_count and n not in retain_blob]
+    # Keep the longest form of a name: drop a candidate contained in a longer, nearly as frequent one.
+    kept = [n for n in candidates if not any(n != m and n in m and counts[m] * 2 >= counts[n] for m in candidates)]
+    kept.sort(key=lambda n: (-counts[n], n))
+    return kept[:max_concepts]

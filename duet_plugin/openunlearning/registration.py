@@ -1,0 +1,83 @@
+"""Registration of the plugin's components into OpenUnlearning's registries, without editing OU's files.
+
+OU keeps plain module-level dicts (``trainer.TRAINER_REGISTRY``, ``data.DATASET_REGISTRY``,
+``data.COLLATOR_REGISTRY``, ...) keyed by class name and looked up at call time, so adding entries after OU's
+modules are imported is enough. ``register()`` is idempotent, refuses to replace an entry that OU (or another
+plugin) already owns, and does nothing when OU is not loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duet_plugin
+
+
+class RegistrationError(RuntimeError):
+    """A plugin component's name is already taken in an OU registry by something else."""
+
+
+# (OU module, registry attribute, what the plugin puts there)
+def _components() -> list[tuple[str, str, dict[str, Any]]]:
+    from duet_plugin.openunlearning.collators import DUETCollator
+    from duet_plugin.openunlearning.datasets import UnifiedQueryDataset
+    from duet_plugin.openunlearning.trainers.duet import DUET
+
+    return [
+        ("trainer", "TRAINER_REGISTRY", {"DUET": DUET}),
+        ("data", "DATASET_REGISTRY", {"UnifiedQueryDataset": UnifiedQueryDataset}),
+        ("data", "COLLATOR_REGISTRY", {"DUETCollator": DUETCollator}),
+    ]
+
+
+def framework_detected() -> bool:
+    """True when OU's packages are imported in this process (``trainer`` with its registry and loader)."""
+    trainer = sys.modules.get("trainer")
+    return trainer is not None and hasattr(trainer, "TRAINER_REGISTRY") and hasattr(trainer, "load_trainer")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        getattr(b, "__module__", None),
+        getattr(b, "__qualname__", None),
+    )
+
+
+def register(components: Callable[[], list[tuple[str, str, dict[str, Any]]]] = _components) -> bool:
+    """Add the plugin's trainers, datasets and collators to OU's registries.
+
+    Returns False (and does nothing) when OU is not loaded. Raises :class:`RegistrationError` before touching
+    any registry if one of our names is already taken by a different object.
+    """
+    if not framework_detected():
+        return False
+    planned = []
+    for module_name, attr, entries in components():
+        module = sys.modules.get(module_name)
+        if module is None:
+            __import__(module_name)
+            module = sys.modules[module_name]
+        registry = getattr(module, attr)
+        for name, obj in entries.items():
+            existing = registry.get(name)
+            if existing is not None and not _same(existing, obj):
+                where = f"{getattr(existing, '__module__', '?')}.{getattr(existing, '__qualname__', existing)}"
+                raise RegistrationError(
+                    f"OpenUnlearning's {module_name}.{attr} already has {name!r} ({where}); duet-plugin will not "
+                    f"replace it. Remove or rename the other component, or uninstall the plugin that adds it."
+                )
+            planned.append((registry, name, obj))
+    for registry, name, obj in planned:
+        registry[name] = obj
+    return True
+
+
+def config_dir() -> Path:
+    """The plugin's Hydra config tree (``duet_plugin/configs``, shipped as package data)."""
+    path = Path(duet_plugin.__file__).resolve().parent / "configs"
+    if not (path / "trainer" / "DUET.yaml").is_file():
+        raise FileNotFoundError(f"duet-plugin's configs are missing from {path}; reinstall the package.")
+    return path

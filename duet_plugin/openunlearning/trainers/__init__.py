@@ -1,0 +1,1 @@
+"""OU trainer classes of the plugin (one method per file)."""

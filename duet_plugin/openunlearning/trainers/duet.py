@@ -1,0 +1,178 @@
+"""DUET as an OpenUnlearning trainer: a student imitates the prompt-steered teacher by top-K logit distillation.
+
+Thin adapter: the loss, the teacher targets, the views and the prefix are framework-free (``duet_plugin.core``);
+this class validates the config before any compute, converts OU's datasets into unified queries, picks the
+teacher (precomputed targets from the starting weights, or a frozen copy prepared like OU's reference model) and
+wires everything into ``compute_loss``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from trainer.unlearn.base import UnlearnTrainer
+from trainer.unlearn.grad_diff import GradDiff
+
+from duet_plugin.core.collate import extend_with_continuations
+from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, student_loss, teacher_targets
+from duet_plugin.core.losses import validate_top_k
+from duet_plugin.core.teacher import PrefixSpec, derive_concepts
+from duet_plugin.openunlearning.collators import DUETCollator
+from duet_plugin.openunlearning.datasets import stream_datasets, unified_train_dataset
+
+logger = logging.getLogger(__name__)
+
+
+class DUET(UnlearnTrainer):
+    """``trainer=DUET``: see ``configs/trainer/DUET.yaml`` for every option."""
+
+    def __init__(
+        self,
+        prefix: Mapping[str, Any] | str | None = None,
+        top_k: int = 10,
+        distance: str = "huber",
+        huber_delta: float = 1.0,
+        positions: str = "first",
+        num_positions: int = 8,
+        stream_weights: Mapping[str, float] | None = None,
+        teacher: str = "precomputed",
+        teacher_batch_size: int = 16,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        self.duet = DUETConfig(
+            top_k=top_k,
+            distance=distance,
+            huber_delta=huber_delta,
+            positions=positions,
+            num_positions=num_positions,
+            teacher=teacher,
+            teacher_batch_size=teacher_batch_size,
+            stream_weights=dict(stream_weights or {"forget": 1.0, "retain": 1.0}),
+        )
+        spec = PrefixSpec.from_config(prefix)
+        model = kwargs.get("model")
+        if model is not None:
+            validate_top_k(top_k, model.get_output_embeddings().weight.shape[0])
+        tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
+        if tokenizer is None:
+            raise ValueError("DUET needs the model's tokenizer (OU passes it to every trainer).")
+
+        train_dataset = kwargs.get("train_dataset")
+        if train_dataset is not None:
+            kwargs["train_dataset"] = train_dataset = unified_train_dataset(train_dataset)
+            streams = stream_datasets(train_dataset)
+            if len(streams.get("forget") or []) == 0:
+                raise ValueError("The forget set has no queries: check data.forget (its hf_args and question_key).")
+            if spec.needs_concepts and not spec.concepts:
+                spec = spec.with_concepts(self._concepts_from_data(streams))
+        self.prefix_text = spec.render()
+
+        collator = kwargs.get("data_collator")
+        if not isinstance(collator, DUETCollator):
+            collator = DUETCollator(tokenizer=tokenizer)
+            logger.info("DUET: using DUETCollator (teacher and student views) instead of the configured collator")
+        template_args = collator.template_args or kwargs.get("template_args")
+        kwargs["data_collator"] = collator.configure(
+            template_args=template_args, prefix=self.prefix_text, placement=spec.placement
+        )
+        collator.renderer  # noqa: B018 - fail now on a bad template/tokenizer, not at the first batch
+        logger.info("DUET teacher prefix (%s placement): %s", collator.renderer.placement, self.prefix_text)
+
+        super().__init__(*args, **kwargs)
+        self.targets: TeacherTargetStore | None = None
+        self.teacher_model = None
+        if self.duet.teacher == "online":
+            # Prepared exactly like OU's reference model (deepcopy, eval, DeepSpeed/accelerate aware).
+            self.teacher_model = GradDiff._prepare_ref_model(self, self.model)
+        self._duet_logs: dict[str, list[float]] = defaultdict(list)
+
+    @staticmethod
+    def _concepts_from_data(streams: Mapping[str, Any]) -> list[str]:
+        forget = streams["forget"].records
+        tagged = sorted({r.concept for r in forget if r.concept})
+        if tagged:
+            return tagged
+        retain = streams["retain"].records if streams.get("retain") is not None else []
+        texts = [f"{r.prompt} {r.response or ''}" for r in forget]
+        return derive_concepts(texts, [f"{r.prompt} {r.response or ''}" for r in retain])
+
+    # -- teacher -------------------------------------------------------------------------------------------
+    @property
+    def _tokenizer(self) -> Any:
+        return getattr(self, "processing_class", None) or self.tokenizer
+
+    @property
+    def _eos_ids(self) -> list[int]:
+        eos = self._tokenizer.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    @property
+    def _pad_id(self) -> int:
+        return self.data_collator.pad_id
+
+    def _device_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    @torch.no_grad()
+    def precompute_targets(self) -> TeacherTargetStore:
+        """Teacher targets for every forget/retain query, from the current (starting) weights, once."""
+        store = TeacherTargetStore()
+        was_training = self.model.training
+        self.model.eval()
+        for stream, dataset in stream_datasets(self.train_dataset).items():
+            loader = DataLoader(dataset, batch_size=self.duet.teacher_batch_size, collate_fn=self.data_collator)
+            for batch in loader:
+                batch = self._device_batch(batch)
+                targets, extended, conts = teacher_targets(self.model, batch, self.duet, self._pad_id, self._eos_ids)
+                store.add(stream, batch["index"].tolist(), targets, extended["position_mask"], conts)
+        self.model.train(was_training)
+        logger.info("DUET: precomputed teacher targets for %d queries (%.1f KiB)", len(store), store.nbytes() / 1024)
+        return store
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        if self.duet.teacher == "precomputed" and self.targets is None:
+            self.targets = self.precompute_targets()
+        return super().train(*args, **kwargs)
+
+    # -- loss ----------------------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: Mapping[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        streams = inputs if "student_input_ids" not in inputs else {"forget": inputs}
+        loss = None
+        for stream, batch in streams.items():
+            weight = self.duet.stream_weights.get(stream, 1.0)
+            if weight == 0 or not isinstance(batch, Mapping):
+                continue
+            if self.duet.teacher == "online":
+                targets, batch, _ = teacher_targets(self.teacher_model, batch, self.duet, self._pad_id, self._eos_ids)
+            else:
+                if self.targets is None:
+                    self.targets = self.precompute_targets()
+                targets, conts = self.targets.lookup(stream, batch["index"].tolist())
+                if self.duet.continuation_length:
+                    batch = extend_with_continuations(batch, conts, self._pad_id)
+            stream_loss = student_loss(model, batch, targets, self.duet)
+            self._duet_logs[f"{stream}_loss"].append(stream_loss.detach().item())
+            loss = weight * stream_loss if loss is None else loss + weight * stream_loss
+        if loss is None:
+            raise ValueError(f"No stream with a non-zero weight in the batch (streams: {sorted(streams)}).")
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        for key, values in self._duet_logs.items():
+            if values:
+                logs[f"duet/{key}"] = round(sum(values) / len(values), 6)
+        self._duet_logs.clear()
+        super().log(logs, *args, **kwargs)

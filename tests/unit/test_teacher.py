@@ -1,0 +1,120 @@
+"""Prefix library, prefix rendering and its errors, prompt rendering in both OU template styles."""
+
+from __future__ import annotations
+
+import pytest
+
+from duet_plugin.core.teacher import (
+    PrefixSpec,
+    PromptRenderer,
+    derive_concepts,
+    join_concepts,
+    prefix_library,
+)
+
+NO_SYSTEM_TEMPLATE = (  # like Gemma's: raises on a system message
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_library_prefixes_render_with_concepts() -> None:
+    assert {"forget_concepts", "forget_authors", "hazardous_knowledge"} <= set(prefix_library())
+    text = PrefixSpec(name="forget_authors", concepts=("Ana Lopez", "Bo Chen")).render()
+    assert "Ana Lopez and Bo Chen" in text and "{concepts}" not in text
+
+
+def test_join_concepts() -> None:
+    assert join_concepts(["A"]) == "A"
+    assert join_concepts(["A", "B", "C"]) == "A, B and C"
+
+
+def test_literal_text_wins_and_needs_no_concepts() -> None:
+    spec = PrefixSpec.from_config({"name": "forget_concepts", "text": "Forget everything about dragons."})
+    assert spec.render() == "Forget everything about dragons."
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"name": "nope"}, "Unknown prefix name 'nope'"),
+        ({"name": None, "text": None}, "No teacher prefix"),
+        ({"name": "forget_concepts", "placement": "middle"}, "placement"),
+        ({"text": "Forget {topic}."}, "placeholder"),
+        ({"name": "forget_concepts", "colour": "red"}, "Unknown key"),
+    ],
+)
+def test_bad_prefix_config_is_rejected(cfg: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PrefixSpec.from_config(cfg)
+
+
+def test_unfilled_concepts_name_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"prefix\.concepts"):
+        PrefixSpec(name="forget_concepts").render()
+
+
+def test_chat_template_puts_prefix_in_the_system_message(tokenizer, chat_args) -> None:
+    r = PromptRenderer(tokenizer, chat_args)
+    assert r.placement == "system"
+    text = r.prompt_text("Who wrote X?", "FORGET X.")
+    assert text.index("You are a helpful assistant.") < text.index("FORGET X.") < text.index("Who wrote X?")
+    assert text.endswith("<|im_start|>assistant\n")
+    assert "FORGET" not in r.prompt_text("Who wrote X?")
+    assert r.teacher_system_prompt("FORGET X.") == {"system_prompt": "You are a helpful assistant.\n\nFORGET X."}
+
+
+def test_template_without_system_role_puts_prefix_before_the_user_turn(tokenizer) -> None:
+    no_system = _copy_with_template(tokenizer, NO_SYSTEM_TEMPLATE)
+    r = PromptRenderer(no_system, {"apply_chat_template": True})
+    assert r.placement == "user"
+    assert "<|im_start|>user\nFORGET X.\n\nWho wrote X?<|im_end|>" in r.prompt_text("Who wrote X?", "FORGET X.")
+    with pytest.raises(ValueError, match="system role"):
+        PromptRenderer(no_system, {"apply_chat_template": True, "system_prompt": "hi"}).teacher_system_prompt("x")
+
+
+def test_manual_tags_put_prefix_before_the_user_turn(tokenizer, manual_args) -> None:
+    r = PromptRenderer(tokenizer, {**manual_args, "system_prompt_with_special_tokens": "SYS "})
+    assert r.prompt_text("Who wrote X?", "FORGET X.") == "SYS FORGET X.\n\nQuestion: Who wrote X?\nAnswer: "
+    assert r.prompt_text("Who wrote X?") == "SYS Question: Who wrote X?\nAnswer: "
+
+
+def test_tokenizer_without_chat_template_needs_manual_tags(tokenizer, manual_args) -> None:
+    bare = _copy_with_template(tokenizer, None)
+    with pytest.raises(ValueError, match="apply_chat_template=false"):
+        PromptRenderer(bare, {"apply_chat_template": True})
+    with pytest.raises(ValueError, match="user_start_tag"):
+        PromptRenderer(bare, {"apply_chat_template": False})
+    PromptRenderer(bare, manual_args)  # manual tags work without a chat template
+
+
+def test_student_prompt_ids_equal_ou_generation_prompt_ids(tokenizer, chat_args, manual_args) -> None:
+    """What OU's preprocess_chat_instance(predict_with_generate=True) feeds the model, re-derived by hand."""
+    r = PromptRenderer(tokenizer, {**chat_args, "date_string": None})
+    chat = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Q?"}]
+    assert r.prompt_ids("Q?") == tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)
+    m = PromptRenderer(tokenizer, manual_args)
+    assert m.prompt_ids("Q?") == tokenizer("Question: Q?\nAnswer: ", add_special_tokens=True)["input_ids"]
+
+
+def test_derive_concepts_finds_recurring_forget_names() -> None:
+    forget = [
+        "Where was Lena Marwick born?",
+        "Did Lena Marwick win the Silver Quill?",
+        "What genre does Tomas Ilse Brand write?",
+        "Tomas Ilse Brand writes fantasy.",
+        "Is Paris big?",
+    ]
+    retain = ["Where was Ana Lopez born?", "Ana Lopez met Lena Ward."]
+    assert derive_concepts(forget, retain) == ["Lena Marwick", "Tomas Ilse Brand"]
+    assert derive_concepts(forget, ["Lena Marwick appears in retain too."]) == ["Tomas Ilse Brand"]
+
+
+def _copy_with_template(tokenizer, template):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    return tok
