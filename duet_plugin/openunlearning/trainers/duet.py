@@ -8,6 +8,7 @@ wires everything into ``compute_loss``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from trainer.unlearn.base import UnlearnTrainer
 from trainer.unlearn.grad_diff import GradDiff
+from transformers import Trainer
 
 from duet_plugin.core.collate import extend_with_continuations
 from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, student_loss, teacher_targets
@@ -26,6 +28,32 @@ from duet_plugin.openunlearning.collators import DUETCollator
 from duet_plugin.openunlearning.datasets import stream_datasets, unified_train_dataset
 
 logger = logging.getLogger(__name__)
+
+
+_METHOD_ARGS = (
+    "prefix",
+    "top_k",
+    "distance",
+    "huber_delta",
+    "positions",
+    "num_positions",
+    "stream_weights",
+    "teacher",
+    "teacher_batch_size",
+)
+
+
+def _reject_unknown_options(kwargs: Mapping[str, Any]) -> None:
+    """OU passes ``trainer.method_args`` as keyword arguments next to HF Trainer's own; name any stray one."""
+    accepted = set(inspect.signature(Trainer.__init__).parameters) | {"evaluators", "template_args"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"Unknown DUET option(s) {unknown} in trainer.method_args (left over from another trainer's experiment, "
+            f"e.g. RMU's in unlearn/wmdp/default?). DUET takes {list(_METHOD_ARGS)}. Remove them with "
+            + " ".join(f"~trainer.method_args.{k}" for k in unknown)
+            + ", or use the matching experiment=unlearn/<benchmark>/duet."
+        )
 
 
 class DUET(UnlearnTrainer):
@@ -45,6 +73,7 @@ class DUET(UnlearnTrainer):
         *args: Any,
         **kwargs: Any,
     ) -> None:
+        _reject_unknown_options(kwargs)
         self.duet = DUETConfig(
             top_k=top_k,
             distance=distance,

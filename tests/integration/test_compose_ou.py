@@ -1,0 +1,77 @@
+"""Every shipped config composes against OU's real config tree (Hydra compose API, plugin search path)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+pytestmark = pytest.mark.ou
+
+
+def _compose(ou_root, config: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ou_root / "configs"), version_base=None):
+        return compose(config_name=config, overrides=[*overrides, "task_name=t"])
+
+
+def _resolved(cfg, key: str):
+    value = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+@pytest.mark.parametrize(
+    ("experiment", "forget", "retain", "collator_ok"),
+    [
+        ("unlearn/tofu/duet", "DUET_TOFU_forget", "DUET_TOFU_retain", True),
+        ("unlearn/muse/duet", "DUET_MUSE_forget", "DUET_MUSE_retain", True),
+        ("unlearn/wmdp/duet", "DUET_WMDP_forget", "DUET_WMDP_retain", True),
+    ],
+)
+def test_duet_experiments_compose(ou_imported, experiment, forget, retain, collator_ok) -> None:
+    cfg = _compose(ou_imported, "unlearn.yaml", [f"experiment={experiment}"])
+    assert cfg.trainer.handler == "DUET"
+    assert set(cfg.data.forget) == {forget} and set(cfg.data.retain) == {retain}
+    assert cfg.data.forget[forget].handler == "UnifiedQueryDataset"
+    assert set(cfg.collator) == {"DUETCollator"}
+    method_args = _resolved(cfg, "trainer.method_args")
+    assert set(method_args) == {"prefix", "top_k", "distance", "huber_delta", "positions", "num_positions",
+                                "stream_weights", "teacher", "teacher_batch_size"}
+    _resolved(cfg, "data")  # every interpolation in the data section resolves
+    assert cfg.trainer.args.remove_unused_columns is False
+
+
+@pytest.mark.parametrize("split", ["01", "05", "10"])
+def test_tofu_splits_are_selectable(ou_imported, split) -> None:
+    retain = {"01": "99", "05": "95", "10": "90"}[split]
+    cfg = _compose(ou_imported, "unlearn.yaml", ["experiment=unlearn/tofu/duet", f"forget_split=forget{split}",
+                                                  f"retain_split=retain{retain}", f"holdout_split=holdout{split}"])
+    data = _resolved(cfg, "data")
+    assert data["forget"]["DUET_TOFU_forget"]["args"]["hf_args"]["name"] == f"forget{split}"
+    assert data["retain"]["DUET_TOFU_retain"]["args"]["hf_args"]["name"] == f"retain{retain}"
+    assert cfg.eval.tofu.forget_split == f"forget{split}"
+
+
+def test_concepts_follow_the_data_split(ou_imported) -> None:
+    wmdp = _compose(ou_imported, "unlearn.yaml", ["experiment=unlearn/wmdp/duet", "data_split=bio"])
+    assert "pathogens" in _resolved(wmdp, "trainer.method_args.prefix.concepts")[0]
+    assert _resolved(wmdp, "data.forget.DUET_WMDP_forget.args.hf_args.data_files").endswith("bio-forget-corpus.jsonl")
+    news = _compose(ou_imported, "unlearn.yaml", ["experiment=unlearn/muse/duet"])
+    assert _resolved(news, "trainer.method_args.prefix.concepts") is None  # derived from the forget text
+    books = _compose(ou_imported, "unlearn.yaml", ["experiment=unlearn/muse/duet", "data_split=Books"])
+    assert "Harry Potter" in _resolved(books, "trainer.method_args.prefix.concepts")[0]
+
+
+@pytest.mark.parametrize("benchmark", ["tofu", "muse"])
+def test_trainer_duet_composes_with_ou_default_experiments(ou_imported, benchmark) -> None:
+    cfg = _compose(ou_imported, "unlearn.yaml", [f"experiment=unlearn/{benchmark}/default", "trainer=DUET"])
+    assert cfg.trainer.handler == "DUET" and cfg.trainer.method_args.top_k == 10
+    assert "gamma" not in cfg.trainer.method_args  # DUET.yaml does not inherit GradDiff's options
+
+
+def test_trainer_duet_config_overrides(ou_imported) -> None:
+    cfg = _compose(ou_imported, "unlearn.yaml", [
+        "experiment=unlearn/tofu/duet", "trainer.method_args.teacher=online", "trainer.method_args.positions=first_n",
+        "trainer.method_args.prefix.concepts=[Ana Lopez,Bo Chen]", "trainer.method_args.stream_weights.retain=0.5"])
+    args = _resolved(cfg, "trainer.method_args")
+    assert args["teacher"] == "online" and args["positions"] == "first_n"
+    assert args["prefix"]["concepts"] == ["Ana Lopez", "Bo Chen"] and args["stream_weights"]["retain"] == 0.5
