@@ -46,7 +46,7 @@ def _same(a: Any, b: Any) -> bool:
     )
 
 
-def register(components: Callable[[], list[tuple[str, str, dict[str, Any]]]] = _components) -> bool:
+def register(components: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None) -> bool:
     """Add the plugin's trainers, datasets and collators to OU's registries.
 
     Returns False (and does nothing) when OU is not loaded. Raises :class:`RegistrationError` before touching
@@ -55,7 +55,7 @@ def register(components: Callable[[], list[tuple[str, str, dict[str, Any]]]] = _
     if not framework_detected():
         return False
     planned = []
-    for module_name, attr, entries in components():
+    for module_name, attr, entries in (components or _components)():
         module = sys.modules.get(module_name)
         if module is None:
             __import__(module_name)

@@ -20,8 +20,12 @@ from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer, save_model
 from duet_plugin.openunlearning.launcher import is_ou_root
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "WANDB_DISABLED": "true"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_DISABLED": "true",
+}
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +69,11 @@ def workspace(tmp_path_factory) -> Path:
 
     def paragraphs(config: str) -> list[str]:
         rows = ds.configs[config]
-        return [" ".join(r["answer"] for r in rows[i:i + 4]) for i in range(0, len(rows), 4)]
+        return [" ".join(r["answer"] for r in rows[i : i + 4]) for i in range(0, len(rows), 4)]
 
-    _write_text_dataset(ws, "muse-bench/MUSE-News", "raw", {"forget": paragraphs("forget10"),
-                                                           "retain1": paragraphs("retain90")})
+    _write_text_dataset(
+        ws, "muse-bench/MUSE-News", "raw", {"forget": paragraphs("forget10"), "retain1": paragraphs("retain90")}
+    )
     corpora = ws / "data" / "wmdp" / "wmdp-corpora"
     corpora.mkdir(parents=True)
     for name, config in (("forget", "forget10"), ("retain", "retain90")):
@@ -77,16 +82,28 @@ def workspace(tmp_path_factory) -> Path:
     return ws
 
 
-def run_ou(ou_root: Path, workspace: Path, script: str, args: list[str], timeout: int = 600,
-           launcher: bool = False) -> subprocess.CompletedProcess:
-    """Run OU's ``src/<script>.py`` (or ``duet-plugin <script>``) in the workspace; fail with its output."""
+@pytest.fixture(scope="session")
+def run_ou(ou_root: Path, workspace: Path):
+    """``run_ou(script, args, launcher=False, check=True)``: OU's ``src/<script>.py`` (or ``duet-plugin <script>``)
+    as a subprocess in the workspace; fails the test with its output when ``check`` and it fails."""
+
+    def run(script: str, args: list[str], launcher: bool = False, check: bool = True):
+        return _run(ou_root, workspace, script, args, launcher=launcher, check=check)
+
+    return run
+
+
+def _run(
+    ou_root: Path, workspace: Path, script: str, args: list[str], launcher: bool, check: bool, timeout: int = 600
+) -> subprocess.CompletedProcess:
     env = {**os.environ, **OFFLINE_ENV}
     if launcher:
         cmd = [sys.executable, "-m", "duet_plugin.cli", script, "--ou-root", str(ou_root), *args]
     else:
         cmd = [sys.executable, str(ou_root / "src" / f"{script}.py"), *args]
     proc = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd[:3])} ... failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-6000:]}")
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd[:3])} ... failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc

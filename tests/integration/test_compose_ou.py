@@ -34,8 +34,17 @@ def test_duet_experiments_compose(ou_imported, experiment, forget, retain, colla
     assert cfg.data.forget[forget].handler == "UnifiedQueryDataset"
     assert set(cfg.collator) == {"DUETCollator"}
     method_args = _resolved(cfg, "trainer.method_args")
-    assert set(method_args) == {"prefix", "top_k", "distance", "huber_delta", "positions", "num_positions",
-                                "stream_weights", "teacher", "teacher_batch_size"}
+    assert set(method_args) == {
+        "prefix",
+        "top_k",
+        "distance",
+        "huber_delta",
+        "positions",
+        "num_positions",
+        "stream_weights",
+        "teacher",
+        "teacher_batch_size",
+    }
     _resolved(cfg, "data")  # every interpolation in the data section resolves
     assert cfg.trainer.args.remove_unused_columns is False
 
@@ -43,8 +52,16 @@ def test_duet_experiments_compose(ou_imported, experiment, forget, retain, colla
 @pytest.mark.parametrize("split", ["01", "05", "10"])
 def test_tofu_splits_are_selectable(ou_imported, split) -> None:
     retain = {"01": "99", "05": "95", "10": "90"}[split]
-    cfg = _compose(ou_imported, "unlearn.yaml", ["experiment=unlearn/tofu/duet", f"forget_split=forget{split}",
-                                                  f"retain_split=retain{retain}", f"holdout_split=holdout{split}"])
+    cfg = _compose(
+        ou_imported,
+        "unlearn.yaml",
+        [
+            "experiment=unlearn/tofu/duet",
+            f"forget_split=forget{split}",
+            f"retain_split=retain{retain}",
+            f"holdout_split=holdout{split}",
+        ],
+    )
     data = _resolved(cfg, "data")
     assert data["forget"]["DUET_TOFU_forget"]["args"]["hf_args"]["name"] == f"forget{split}"
     assert data["retain"]["DUET_TOFU_retain"]["args"]["hf_args"]["name"] == f"retain{retain}"
@@ -69,9 +86,17 @@ def test_trainer_duet_composes_with_ou_default_experiments(ou_imported, benchmar
 
 
 def test_trainer_duet_config_overrides(ou_imported) -> None:
-    cfg = _compose(ou_imported, "unlearn.yaml", [
-        "experiment=unlearn/tofu/duet", "trainer.method_args.teacher=online", "trainer.method_args.positions=first_n",
-        "trainer.method_args.prefix.concepts=[Ana Lopez,Bo Chen]", "trainer.method_args.stream_weights.retain=0.5"])
+    cfg = _compose(
+        ou_imported,
+        "unlearn.yaml",
+        [
+            "experiment=unlearn/tofu/duet",
+            "trainer.method_args.teacher=online",
+            "trainer.method_args.positions=first_n",
+            "trainer.method_args.prefix.concepts=[Ana Lopez,Bo Chen]",
+            "trainer.method_args.stream_weights.retain=0.5",
+        ],
+    )
     args = _resolved(cfg, "trainer.method_args")
     assert args["teacher"] == "online" and args["positions"] == "first_n"
     assert args["prefix"]["concepts"] == ["Ana Lopez", "Bo Chen"] and args["stream_weights"]["retain"] == 0.5

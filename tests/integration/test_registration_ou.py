@@ -41,6 +41,7 @@ def test_student_prompt_matches_ou_generation_prompt(ou_imported, tokenizer, cha
 
     template_args = {**chat_args, "date_string": "10 Apr 2025"} if style == "chat" else manual_args
     question = "Where was the author Gideon Kilbride born?"
-    ou = preprocess_chat_instance(tokenizer, template_args, [question], ["Port Elsa."], max_length=512,
-                                  predict_with_generate=True)
+    ou = preprocess_chat_instance(
+        tokenizer, template_args, [question], ["Port Elsa."], max_length=512, predict_with_generate=True
+    )
     assert PromptRenderer(tokenizer, template_args).prompt_ids(question) == ou["input_ids"].tolist()

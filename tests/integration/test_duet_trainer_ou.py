@@ -1,0 +1,105 @@
+"""The DUET trainer class inside OU, in-process: both teacher modes give the same loss on the same batch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from duet_plugin.core.unified import records_from_qa
+from duet_plugin.openunlearning.datasets import UnifiedRecordDataset
+
+pytestmark = pytest.mark.ou
+
+
+def _trainer(ou_imported, model, tokenizer, authors_dataset, tmp_path, chat_args, **method_args):
+    from data.unlearn import ForgetRetainDataset
+    from trainer import TRAINER_REGISTRY
+
+    forget = UnifiedRecordDataset(records_from_qa(authors_dataset.configs["forget10"], stream="forget"))
+    retain = UnifiedRecordDataset(records_from_qa(authors_dataset.configs["retain90"], stream="retain"))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to="none",
+        per_device_train_batch_size=4,
+        remove_unused_columns=False,
+        use_cpu=True,
+    )
+    return TRAINER_REGISTRY["DUET"](
+        model=model,
+        args=args,
+        train_dataset=ForgetRetainDataset(forget, retain),
+        tokenizer=tokenizer,
+        data_collator=None,
+        evaluators=None,
+        template_args=chat_args,
+        **method_args,
+    )
+
+
+@pytest.mark.parametrize("positions", ["first", "first_n"])
+def test_precomputed_and_online_trainers_agree(
+    ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path, chat_args, positions
+) -> None:
+    common = {"top_k": 6, "positions": positions, "num_positions": 3, "teacher_batch_size": 7}
+    pre = _trainer(
+        ou_imported,
+        copy.deepcopy(tiny_model),
+        tokenizer,
+        authors_dataset,
+        tmp_path,
+        chat_args,
+        teacher="precomputed",
+        **common,
+    )
+    online = _trainer(
+        ou_imported,
+        copy.deepcopy(tiny_model),
+        tokenizer,
+        authors_dataset,
+        tmp_path,
+        chat_args,
+        teacher="online",
+        **common,
+    )
+    assert online.teacher_model is not None and pre.teacher_model is None
+    pre.targets = pre.precompute_targets()
+    assert len(pre.targets) == len(authors_dataset.configs["forget10"]) + len(authors_dataset.configs["retain90"])
+
+    torch.manual_seed(0)
+    batch = pre.data_collator([pre.train_dataset[i] for i in range(4)])
+    with torch.no_grad():  # the students move away from the teacher, identically
+        for a, b in zip(pre.model.parameters(), online.model.parameters(), strict=True):
+            noise = 0.02 * torch.randn_like(a)
+            a.add_(noise)
+            b.add_(noise)
+    loss_pre = pre.compute_loss(pre.model, batch)
+    loss_online = online.compute_loss(online.model, batch)
+    assert loss_pre.item() > 0
+    assert loss_pre.item() == pytest.approx(loss_online.item(), rel=1e-5)
+
+
+def test_forget_set_without_queries_is_rejected(ou_imported, tiny_model, tokenizer, tmp_path, chat_args) -> None:
+    from data.unlearn import ForgetRetainDataset
+    from trainer import TRAINER_REGISTRY
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    empty = UnifiedRecordDataset([])
+    with pytest.raises(ValueError, match="forget set has no queries"):
+        TRAINER_REGISTRY["DUET"](
+            model=tiny_model,
+            args=args,
+            train_dataset=ForgetRetainDataset(empty, empty),
+            tokenizer=tokenizer,
+            template_args=chat_args,
+            evaluators=None,
+        )
+
+
+def test_tokenizer_without_chat_template_is_rejected(ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path):
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    with pytest.raises(ValueError, match="apply_chat_template=false"):
+        _trainer(ou_imported, tiny_model, bare, authors_dataset, tmp_path, {"apply_chat_template": True})
