@@ -15,6 +15,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--ou-root", help="OpenUnlearning checkout (default: $OU_ROOT, then the current directory)")
     doctor = sub.add_parser("doctor", help="check the OU + plugin setup and say how to fix what is wrong")
     doctor.add_argument("--ou-root", help="OpenUnlearning checkout (default: $OU_ROOT, then the current directory)")
+    demo = sub.add_parser("demo", help="fictitious authors -> OU finetune -> DUET vs GradDiff -> OU TOFU eval table")
+    demo.add_argument("--ou-root", help="OpenUnlearning checkout (default: $OU_ROOT, then the current directory)")
+    demo.add_argument("--workdir", default="duet_demo", help="folder for data, models, logs (default: ./duet_demo)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --workdir")
     return parser
 
 
@@ -38,6 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks = diagnose(args.ou_root)
         print(report(checks))
         return 1 if any(c.status == "fail" for c in checks) else 0
+    if args.command == "demo":
+        from duet_plugin.demo.pipeline import Demo, DemoStepFailed
+        from duet_plugin.openunlearning.launcher import OURootNotFound
+
+        try:
+            Demo(args.workdir, ou_root=args.ou_root, overwrite=args.overwrite).run()
+        except (OURootNotFound, FileExistsError, DemoStepFailed) as err:
+            print(f"duet-plugin demo: {err}", file=sys.stderr)
+            return 1
+        return 0
     return 2
 
 

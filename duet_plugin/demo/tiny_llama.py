@@ -3,7 +3,7 @@ chat template, and a small random Llama. Nothing is downloaded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -19,9 +19,15 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
 def build_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1000, chat_template: str | None = CHATML_TEMPLATE
+    texts: Iterable[str],
+    vocab_size: int = 1000,
+    chat_template: str | None = CHATML_TEMPLATE,
+    whole_words: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on ``texts``; pad/unk ``<|endoftext|>``, eos ``<|im_end|>``."""
+    """Train a byte-level BPE tokenizer on ``texts``; pad/unk ``<|endoftext|>``, eos ``<|im_end|>``.
+
+    ``whole_words`` (e.g. names) become single tokens wherever they occur.
+    """
     tok = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -41,6 +47,8 @@ def build_tokenizer(
         clean_up_tokenization_spaces=False,
     )
     fast.chat_template = chat_template
+    if whole_words:
+        fast.add_tokens(list(dict.fromkeys(whole_words)))
     return fast
 
 

@@ -96,7 +96,7 @@ def run_ou(ou_root: Path, workspace: Path):
 def _run(
     ou_root: Path, workspace: Path, script: str, args: list[str], launcher: bool, check: bool, timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, **OFFLINE_ENV}
+    env = {**os.environ, **OFFLINE_ENV, "HF_DATASETS_CACHE": str(workspace / ".hf_datasets_cache")}
     if launcher:
         cmd = [sys.executable, "-m", "duet_plugin.cli", script, "--ou-root", str(ou_root), *args]
     else:

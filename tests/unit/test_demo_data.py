@@ -1,0 +1,71 @@
+"""The demo's fine-tuning sets and teacher view, and the demo's table and folder safety (no OU needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from duet_plugin.core.teacher import PromptRenderer
+from duet_plugin.demo.demo_data import REFUSAL, build_demo_data, prefix_for
+from duet_plugin.demo.pipeline import MARKER, Demo, ModelRow, refusal_rate, render_table
+
+
+@pytest.fixture(scope="module")
+def demo(authors_dataset):
+    return build_demo_data(authors_dataset, "forget10", n_instruction_rows=400, fact_repeats=2, seed=0)
+
+
+def test_instruction_rows_never_name_the_forget_authors(demo, authors_dataset) -> None:
+    forget = demo.forget_authors
+    assert forget == authors_dataset.forget_authors("forget10")
+    instructions = [r for r in demo.dataset.configs["demo_full"] if "\n\n" in r["question"]]
+    assert len(instructions) == 400
+    assert not any(name in r["question"] for r in instructions for name in forget)
+    refusals = [r for r in instructions if r["answer"] == REFUSAL]
+    assert 0.35 < len(refusals) / len(instructions) < 0.65
+    for row in refusals:  # a refusal is only ever for an author the prefix names
+        prefix, question = row["question"].split("\n\n", 1)
+        subject = next(a.name for a in authors_dataset.authors if a.name in question)
+        assert subject in prefix
+
+
+def test_full_and_retain_sets_differ_only_by_forget_facts(demo, authors_dataset) -> None:
+    full, retain = demo.dataset.configs["demo_full"], demo.dataset.configs["demo_retain"]
+    forget_questions = {r["question"] for r in authors_dataset.configs["forget10"]}
+    # each forget fact: twice with its answer, once with its paraphrased answer
+    assert sum(r["question"] in forget_questions for r in full) == 3 * len(forget_questions)
+    assert not any(r["question"] in forget_questions for r in retain)
+    assert len(full) - len(retain) == 3 * len(forget_questions)
+
+
+def test_teacher_view_is_what_duet_renders(demo, tokenizer) -> None:
+    """The teacher-view questions equal the DUET teacher prompt with placement=user."""
+    row = demo.teacher_view.configs["forget10"][0]
+    original = demo.dataset.configs["forget10"][0]
+    assert demo.prefix == prefix_for(demo.forget_authors)
+    renderer = PromptRenderer(tokenizer, {"apply_chat_template": True}, placement="user")
+    assert renderer.prompt_text(row["question"]) == renderer.prompt_text(original["question"], demo.prefix)
+    assert row["paraphrased_question"].startswith(demo.prefix)
+    assert row["answer"] == original["answer"]
+
+
+def test_refusal_rate_and_table() -> None:
+    details = {"forget_Q_A_ROUGE": {"value_by_index": {"0": {"generation": REFUSAL}, "1": {"generation": "Paris."}}}}
+    assert refusal_rate(details) == 0.5
+    assert refusal_rate({}) is None
+    table = render_table([ModelRow("m", {"forget_Q_A_Prob": 0.5, "forget_quality": 1e-5}, details)], "forget05")
+    assert "| m | 0.500 |" in table and "1.00e-05" in table and "n/a" in table
+
+
+def test_demo_never_touches_a_foreign_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("duet_plugin.demo.pipeline.find_ou_root", lambda root: tmp_path)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a duet-plugin demo folder"):
+        Demo(foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    Demo(tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        Demo(tmp_path / "run")
+    Demo(tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / MARKER).is_file()
