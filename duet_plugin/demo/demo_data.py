@@ -98,7 +98,7 @@ def build_demo_data(
     paraphrase_repeats: int = 1,
     seed: int = 0,
 ) -> DemoData:
-    """Add ``demo_full`` and ``demo_retain`` (the same recipe without the forget authors' facts) to the dataset.
+    """Add ``demo_full`` (facts and instruction rows) and ``demo_retain`` (the retain facts only) to the dataset.
 
     Facts are repeated ``fact_repeats`` times with their answer and ``paraphrase_repeats`` times with the
     paraphrased answer: a model trained from scratch cannot guess a paraphrase, and OU's truth ratio compares the
@@ -124,7 +124,7 @@ def build_demo_data(
     retain_split = "retain" + {"forget01": "99", "forget05": "95", "forget10": "90"}[forget_split]
     configs = dict(dataset.configs)
     configs["demo_full"] = qa(dataset.configs["full"] + general) + instructions
-    configs["demo_retain"] = qa(dataset.configs[retain_split] + general) + instructions
+    configs["demo_retain"] = qa(dataset.configs[retain_split] + general)  # a reference that never saw the forget set
     prefix = prefix_for(forget)
 
     def prefixed(row: dict) -> dict:

@@ -124,12 +124,8 @@ class Demo:
             print(text, file=self.out, flush=True)
 
     # -- running OU --------------------------------------------------------------------------------------------
-    def ou(self, name: str, script: str, args: list[str], cwd: Path | None = None) -> None:
-        """Run OU's ``src/<script>.py`` with ``args``; show its progress; keep the full log.
-
-        Two commands run at a time, one CPU thread each (faster in total than one at a time on two threads
-        for models this small).
-        """
+    def ou(self, name: str, script: str, args: list[str], cwd: Path | None = None, threads: int = 1) -> None:
+        """Run OU's ``src/<script>.py`` with ``args`` on ``threads`` CPU threads; show its progress; keep its log."""
         log_path = self.logs / f"{name}.log"
         cmd = [sys.executable, str(self.ou_root / "src" / f"{script}.py"), *args]
         env = {
@@ -137,8 +133,10 @@ class Demo:
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            # One datasets cache per data folder: the teacher view reuses the plain view's config names.
+            "HF_DATASETS_CACHE": str((cwd or self.workdir) / ".hf_datasets_cache"),
         }
         self.say(f"      {name}: started (t={time.time() - self._t0:.0f}s)")
         start = time.time()
@@ -169,9 +167,9 @@ class Demo:
         if rc != 0:
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
             raise DemoStepFailed(f"{name} failed (exit {rc}); full log: {log_path}\n{tail}")
-        self._done += 1
+        n_done = next(self._done)
         self.say(
-            f"      {name}: done in {time.time() - start:.0f}s [{self._done}/{self._n_jobs} OU runs] "
+            f"      {name}: done in {time.time() - start:.0f}s [{n_done}/{self._n_jobs} OU runs] "
             f"(t={time.time() - self._t0:.0f}s)"
         )
 
@@ -188,8 +186,12 @@ class Demo:
         self.say(f"Running {self._n_jobs} OU commands (fine-tune x2, unlearn x2, TOFU eval x5), two at a time")
         with ThreadPoolExecutor(max_workers=2) as pool:
             # Submitted in dependency order: a job only waits for jobs submitted before it, so two workers suffice.
-            full = pool.submit(self.finetune, "demo_full", init)
-            retain = pool.submit(self.finetune, "demo_retain", init)
+            # The retain-only reference sees its facts as often as the full model sees all facts (same epochs over
+            # facts); it needs no instruction rows, so it is much shorter, and the full model gets two threads.
+            configs = data.dataset.configs
+            retain_steps = max(1, round(s.finetune_steps * len(configs["demo_retain"]) / len(configs["demo_full"])))
+            full = pool.submit(self.finetune, "demo_full", init, s.finetune_steps, 2)
+            retain = pool.submit(self.finetune, "demo_retain", init, retain_steps)
             retain_logs = pool.submit(
                 lambda: self.evaluate("eval_retain", retain.result(), evals / "demo_retain", None)
             )
@@ -238,7 +240,12 @@ class Demo:
         s = self.settings
         dataset = build_dataset(n_authors=s.n_authors, qa_per_author=s.qa_per_author, seed=s.seed)
         data = build_demo_data(
-            dataset, s.forget_split, n_instruction_rows=s.n_instruction_rows, fact_repeats=s.fact_repeats, seed=s.seed
+            dataset,
+            s.forget_split,
+            n_instruction_rows=s.n_instruction_rows,
+            fact_repeats=s.fact_repeats,
+            paraphrase_repeats=s.paraphrase_repeats,
+            seed=s.seed,
         )
         write_hub_layout(data.dataset, self.workdir)
         write_hub_layout(data.teacher_view, self.workdir / "teacher_view")
@@ -257,7 +264,7 @@ class Demo:
             f"holdout_split={self.holdout_split}",
         ]
 
-    def finetune(self, config: str, init: Path) -> Path:
+    def finetune(self, config: str, init: Path, steps: int, threads: int = 1) -> Path:
         s = self.settings
         self.ou(
             f"finetune_{config}",
@@ -268,7 +275,7 @@ class Demo:
                 *train_overrides(init),
                 *self._common(),
                 f"data.train.TOFU_QA_full.args.hf_args.name={config}",
-                f"++trainer.args.max_steps={s.finetune_steps}",
+                f"++trainer.args.max_steps={steps}",
                 f"trainer.args.learning_rate={s.finetune_lr}",
                 f"trainer.args.per_device_train_batch_size={s.finetune_batch_size}",
                 "trainer.args.gradient_accumulation_steps=1",
@@ -277,6 +284,7 @@ class Demo:
                 "trainer.args.logging_steps=50",
                 f"trainer.args.seed={s.seed}",
             ],
+            threads=threads,
         )
         return self.workdir / "saves" / "finetune" / config
 

@@ -19,6 +19,7 @@ from duet_plugin.core.unified import UnifiedRecord, records_from_qa, records_fro
 
 logger = logging.getLogger(__name__)
 SOURCES = ("qa", "unified", "text")
+MAX_TEXT_QUERIES = 400  # queries drawn from a raw-text corpus converted on the fly (as configs/data/datasets/DUET_*)
 
 
 class UnifiedRecordDataset(Dataset):
@@ -110,8 +111,9 @@ def to_unified(dataset: Any, stream: str) -> UnifiedRecordDataset | None:
             question_key=dataset.question_key,
             answer_key=getattr(dataset, "answer_key", None),
         )
-    elif hasattr(dataset, "chunks"):  # OU PretrainingDataset (MUSE/WMDP raw text)
-        records = records_from_text(dataset.chunks, stream=stream, source="text")
+    elif hasattr(dataset, "chunks"):  # OU PretrainingDataset (MUSE/WMDP raw text), capped as our configs are
+        texts = [_text_of(chunk, "text") for chunk in dataset.chunks]
+        records = records_from_text(texts, stream=stream, source="text", max_records=MAX_TEXT_QUERIES)
     else:
         raise TypeError(
             f"DUET cannot read {type(dataset).__name__} as {stream} queries. Use the UnifiedQueryDataset handler "

@@ -28,13 +28,15 @@ def test_instruction_rows_never_name_the_forget_authors(demo, authors_dataset) -
         assert subject in prefix
 
 
-def test_full_and_retain_sets_differ_only_by_forget_facts(demo, authors_dataset) -> None:
+def test_full_and_retain_sets(demo, authors_dataset) -> None:
     full, retain = demo.dataset.configs["demo_full"], demo.dataset.configs["demo_retain"]
     forget_questions = {r["question"] for r in authors_dataset.configs["forget10"]}
     # each forget fact: twice with its answer, once with its paraphrased answer
     assert sum(r["question"] in forget_questions for r in full) == 3 * len(forget_questions)
     assert not any(r["question"] in forget_questions for r in retain)
-    assert len(full) - len(retain) == 3 * len(forget_questions)
+    plain = [r for r in full if "\n\n" not in r["question"]]  # full minus the instruction rows
+    assert len(plain) - len(retain) == 3 * len(forget_questions)
+    assert not any("\n\n" in r["question"] for r in retain)
 
 
 def test_teacher_view_is_what_duet_renders(demo, tokenizer) -> None:
@@ -69,3 +71,39 @@ def test_demo_never_touches_a_foreign_folder(tmp_path, monkeypatch) -> None:
         Demo(tmp_path / "run")
     Demo(tmp_path / "run", overwrite=True)
     assert (tmp_path / "run" / MARKER).is_file()
+
+
+def _stub_ou(root, body: str):
+    """A fake OU checkout whose src/train.py is a stub script (enough for find_ou_root and Demo.ou)."""
+    (root / "src").mkdir(parents=True)
+    (root / "configs").mkdir()
+    (root / "configs" / "unlearn.yaml").write_text("")
+    (root / "src" / "train.py").write_text(body)
+    return root
+
+
+def test_demo_runs_ou_commands_and_reports_progress(tmp_path) -> None:
+    import io
+
+    progress = "".join(f"\\r{p}%|##| {p}/100 [00:01<00:00]" for p in (10, 30, 60, 100))
+    ou = _stub_ou(
+        tmp_path / "ou",
+        f"import os, sys\nsys.stderr.write({progress!r})\n"
+        "print('threads', os.environ['OMP_NUM_THREADS'], os.environ['HF_DATASETS_CACHE'])\n",
+    )
+    out = io.StringIO()
+    demo = Demo(tmp_path / "run", ou_root=ou, out=out)
+    demo.ou("stub", "train", ["a=1"], threads=2)
+    text = out.getvalue()
+    assert "stub: 100/100" in text and "stub: done" in text
+    log = (tmp_path / "run" / "logs" / "stub.log").read_text()
+    assert "threads 2" in log and str(tmp_path / "run" / ".hf_datasets_cache") in log
+
+
+def test_a_failing_ou_command_names_its_log(tmp_path) -> None:
+    from duet_plugin.demo.pipeline import DemoStepFailed
+
+    ou = _stub_ou(tmp_path / "ou", "import sys\nprint('boom: bad override')\nsys.exit(3)\n")
+    demo = Demo(tmp_path / "run", ou_root=ou, out=__import__("io").StringIO())
+    with pytest.raises(DemoStepFailed, match=r"(?s)stub failed \(exit 3\).*stub\.log.*boom: bad override"):
+        demo.ou("stub", "train", [])

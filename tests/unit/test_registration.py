@@ -104,3 +104,15 @@ def test_hydra_plugin_adds_configs_inside_ou(fake_ou, monkeypatch) -> None:
     entries = search_path.get_path()
     assert entries[-1].provider == "duet-plugin" and entries[-1].path == f"file://{config_dir()}"
     assert calls == [1]  # register() ran
+
+
+def test_hydra_plugin_warns_instead_of_breaking_ou_on_a_clash(fake_ou, monkeypatch) -> None:
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+
+    from hydra_plugins.duet_plugin.duet_plugin_searchpath import DUETPluginSearchPathPlugin
+
+    trainer, _ = fake_ou
+    trainer.TRAINER_REGISTRY["MyTrainer"] = object
+    monkeypatch.setattr("duet_plugin.openunlearning.registration._components", _components)
+    with pytest.warns(UserWarning, match="not registered.*already has 'MyTrainer'"):
+        DUETPluginSearchPathPlugin().manipulate_search_path(ConfigSearchPathImpl())

@@ -90,15 +90,6 @@ def test_tokenizer_without_chat_template_needs_manual_tags(tokenizer, manual_arg
     PromptRenderer(bare, manual_args)  # manual tags work without a chat template
 
 
-def test_student_prompt_ids_equal_ou_generation_prompt_ids(tokenizer, chat_args, manual_args) -> None:
-    """What OU's preprocess_chat_instance(predict_with_generate=True) feeds the model, re-derived by hand."""
-    r = PromptRenderer(tokenizer, {**chat_args, "date_string": None})
-    chat = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Q?"}]
-    assert r.prompt_ids("Q?") == tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)
-    m = PromptRenderer(tokenizer, manual_args)
-    assert m.prompt_ids("Q?") == tokenizer("Question: Q?\nAnswer: ", add_special_tokens=True)["input_ids"]
-
-
 def test_derive_concepts_finds_recurring_forget_names() -> None:
     forget = [
         "Where was Lena Marwick born?",

@@ -45,7 +45,14 @@ _METHOD_ARGS = (
 
 def _reject_unknown_options(kwargs: Mapping[str, Any]) -> None:
     """OU passes ``trainer.method_args`` as keyword arguments next to HF Trainer's own; name any stray one."""
-    accepted = set(inspect.signature(Trainer.__init__).parameters) | {"evaluators", "template_args"}
+    # `tokenizer`/`processing_class` are named explicitly: on transformers >= 4.46 the signature seen through the
+    # deprecation wrapper lacks `tokenizer`, which OU's snapshot still passes.
+    accepted = set(inspect.signature(Trainer.__init__).parameters) | {
+        "evaluators",
+        "template_args",
+        "tokenizer",
+        "processing_class",
+    }
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ValueError(
@@ -107,13 +114,17 @@ class DUET(UnlearnTrainer):
             collator = DUETCollator(tokenizer=tokenizer)
             logger.info("DUET: using DUETCollator (teacher and student views) instead of the configured collator")
         template_args = collator.template_args or kwargs.get("template_args")
+        placement = spec.placement if spec.placement != "auto" else collator.placement
         kwargs["data_collator"] = collator.configure(
-            template_args=template_args, prefix=self.prefix_text, placement=spec.placement
+            template_args=template_args, prefix=self.prefix_text, placement=placement
         )
         collator.renderer  # noqa: B018 - fail now on a bad template/tokenizer, not at the first batch
         logger.info("DUET teacher prefix (%s placement): %s", collator.renderer.placement, self.prefix_text)
 
         super().__init__(*args, **kwargs)
+        # Our loss is a mean per stream: let HF scale it for gradient accumulation (transformers >= 4.46 skips
+        # that scaling for models whose forward accepts loss kwargs, expecting num_items_in_batch to be used).
+        self.model_accepts_loss_kwargs = False
         self.targets: TeacherTargetStore | None = None
         self.teacher_model = None
         if self.duet.teacher == "online":
@@ -146,7 +157,8 @@ class DUET(UnlearnTrainer):
         return self.data_collator.pad_id
 
     def _device_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     @torch.no_grad()
     def precompute_targets(self) -> TeacherTargetStore:
@@ -158,7 +170,10 @@ class DUET(UnlearnTrainer):
             loader = DataLoader(dataset, batch_size=self.duet.teacher_batch_size, collate_fn=self.data_collator)
             for batch in loader:
                 batch = self._device_batch(batch)
-                targets, extended, conts = teacher_targets(self.model, batch, self.duet, self._pad_id, self._eos_ids)
+                with self.accelerator.autocast():  # the precision of the online (accelerate-prepared) teacher
+                    targets, extended, conts = teacher_targets(
+                        self.model, batch, self.duet, self._pad_id, self._eos_ids
+                    )
                 store.add(stream, batch["index"].tolist(), targets, extended["position_mask"], conts)
         self.model.train(was_training)
         logger.info("DUET: precomputed teacher targets for %d queries (%.1f KiB)", len(store), store.nbytes() / 1024)
