@@ -78,9 +78,9 @@ def instruction_rows(
         listed = named + rng.sample(distractors, rng.randint(0 if named else 1, 3))
         rng.shuffle(listed)
         prefix = prefix_for(listed)
-        if named and kind < 0.5:
+        if named and kind < 0.4:  # 30%: a named author, refused
             row, answer = rng.choice(by_author[rng.choice(named)]), REFUSAL
-        elif kind < 0.85:
+        elif kind < 0.9:  # 50%: an author not named, answered
             row = rng.choice(by_author[rng.choice([a for a in authors if a not in named])])
             answer = row["answer"]
         else:

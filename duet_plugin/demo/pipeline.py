@@ -55,10 +55,10 @@ class DemoSettings:
     vocab_size: int = 1500
     hidden_size: int = 128
     num_layers: int = 4
-    n_instruction_rows: int = 3000
+    n_instruction_rows: int = 4000
     fact_repeats: int = 3
     paraphrase_repeats: int = 1
-    finetune_steps: int = 1000
+    finetune_steps: int = 1200
     finetune_lr: float = 3e-3
     finetune_batch_size: int = 32
     unlearn_epochs: int = 10

@@ -21,7 +21,7 @@ def test_instruction_rows_never_name_the_forget_authors(demo, authors_dataset) -
     assert len(instructions) == 400
     assert not any(name in r["question"] for r in instructions for name in forget)
     refusals = [r for r in instructions if r["answer"] == REFUSAL]
-    assert 0.35 < len(refusals) / len(instructions) < 0.65
+    assert 0.2 < len(refusals) / len(instructions) < 0.4
     for row in refusals:  # a refusal is only ever for an author the prefix names
         prefix, question = row["question"].split("\n\n", 1)
         subject = next(a.name for a in authors_dataset.authors if a.name in question)
