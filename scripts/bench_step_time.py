@@ -31,6 +31,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    workdir = Path(tempfile.mkdtemp(prefix="duet_bench_"))
+    # A private datasets cache: local "locuslab/TOFU" folders of other runs share cache keys with this one.
+    os.environ["HF_DATASETS_CACHE"] = str(workdir / ".hf_datasets_cache")
+
     from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
     from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer
     from duet_plugin.openunlearning.launcher import find_ou_root, import_framework
@@ -42,7 +46,6 @@ def main() -> None:
     from trainer import TRAINER_REGISTRY
     from transformers import TrainingArguments
 
-    workdir = Path(tempfile.mkdtemp(prefix="duet_bench_"))
     os.chdir(workdir)
     ds = build_dataset(n_authors=40, qa_per_author=5, seed=0)
     write_hub_layout(ds, workdir)
