@@ -14,12 +14,15 @@ from duet_plugin.openunlearning.datasets import UnifiedRecordDataset
 pytestmark = pytest.mark.ou
 
 
-def _trainer(ou_imported, model, tokenizer, authors_dataset, tmp_path, chat_args, **method_args):
+def _trainer(ou_imported, model, tokenizer, authors_dataset, tmp_path, chat_args, empty=False, **method_args):
     from data.unlearn import ForgetRetainDataset
     from trainer import TRAINER_REGISTRY
 
-    forget = UnifiedRecordDataset(records_from_qa(authors_dataset.configs["forget10"], stream="forget"))
-    retain = UnifiedRecordDataset(records_from_qa(authors_dataset.configs["retain90"], stream="retain"))
+    def records(split: str, stream: str):
+        return [] if empty else records_from_qa(authors_dataset.configs[split], stream=stream)
+
+    forget = UnifiedRecordDataset(records("forget10", "forget"))
+    retain = UnifiedRecordDataset(records("retain90", "retain"))
     args = TrainingArguments(
         output_dir=str(tmp_path),
         report_to="none",
@@ -81,21 +84,11 @@ def test_precomputed_and_online_trainers_agree(
     assert loss_pre.item() == pytest.approx(loss_online.item(), rel=1e-5)
 
 
-def test_forget_set_without_queries_is_rejected(ou_imported, tiny_model, tokenizer, tmp_path, chat_args) -> None:
-    from data.unlearn import ForgetRetainDataset
-    from trainer import TRAINER_REGISTRY
-
-    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    empty = UnifiedRecordDataset([])
+def test_forget_set_without_queries_is_rejected(
+    ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path, chat_args
+) -> None:
     with pytest.raises(ValueError, match="forget set has no queries"):
-        TRAINER_REGISTRY["DUET"](
-            model=tiny_model,
-            args=args,
-            train_dataset=ForgetRetainDataset(empty, empty),
-            tokenizer=tokenizer,
-            template_args=chat_args,
-            evaluators=None,
-        )
+        _trainer(ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path, chat_args, empty=True)
 
 
 def test_tokenizer_without_chat_template_is_rejected(ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path):

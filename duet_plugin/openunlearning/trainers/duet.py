@@ -30,17 +30,8 @@ from duet_plugin.openunlearning.datasets import stream_datasets, unified_train_d
 logger = logging.getLogger(__name__)
 
 
-_METHOD_ARGS = (
-    "prefix",
-    "top_k",
-    "distance",
-    "huber_delta",
-    "positions",
-    "num_positions",
-    "stream_weights",
-    "teacher",
-    "teacher_batch_size",
-)
+#: What ``trainer.method_args`` may hold: the prefix spec plus every DUETConfig field.
+METHOD_ARGS = ("prefix", *DUETConfig.__dataclass_fields__)
 
 
 def _reject_unknown_options(kwargs: Mapping[str, Any]) -> None:
@@ -57,7 +48,7 @@ def _reject_unknown_options(kwargs: Mapping[str, Any]) -> None:
     if unknown:
         raise ValueError(
             f"Unknown DUET option(s) {unknown} in trainer.method_args (left over from another trainer's experiment, "
-            f"e.g. RMU's in unlearn/wmdp/default?). DUET takes {list(_METHOD_ARGS)}. Remove them with "
+            f"e.g. RMU's in unlearn/wmdp/default?). DUET takes {list(METHOD_ARGS)}. Remove them with "
             + " ".join(f"~trainer.method_args.{k}" for k in unknown)
             + ", or use the matching experiment=unlearn/<benchmark>/duet."
         )
