@@ -5,11 +5,13 @@ The OU trainer (``duet_plugin.openunlearning.trainers.duet``) only wires these i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from duet_plugin.core.collate import extend_with_continuations, gather_positions
 from duet_plugin.core.losses import (
@@ -187,3 +189,67 @@ class TeacherTargetStore:
         return sum(
             t.numel() * t.element_size() for rows in self._rows.values() for row in rows.values() for t in row[:3]
         )
+
+
+@torch.no_grad()
+def precompute_targets(
+    model: Any,
+    streams: Mapping[str, Any],
+    collate_fn: Any,
+    cfg: DUETConfig,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    context: Any = contextlib.nullcontext,
+) -> TeacherTargetStore:
+    """Teacher targets for every query of every stream dataset (items carry ``index``), from ``model`` as it is.
+
+    ``context`` is entered around each teacher forward (e.g. the trainer's autocast), so the targets have the
+    precision an online teacher would have.
+    """
+    store = TeacherTargetStore()
+    was_training = model.training
+    model.eval()
+    device = _model_device(model)
+    for stream, dataset in streams.items():
+        for batch in DataLoader(dataset, batch_size=cfg.teacher_batch_size, collate_fn=collate_fn):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with context():
+                targets, extended, conts = teacher_targets(model, batch, cfg, pad_id, eos_ids)
+            store.add(stream, batch["index"].tolist(), targets, extended["position_mask"], conts)
+    model.train(was_training)
+    return store
+
+
+def duet_loss(
+    model: Any,
+    streams: Mapping[str, Mapping[str, torch.Tensor]],
+    cfg: DUETConfig,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    teacher: Any = None,
+    store: TeacherTargetStore | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DUET's objective on a batch of collated streams: the weighted sum of the per-stream student losses.
+
+    Targets come from ``teacher`` (online) or from ``store`` (precomputed). Returns the loss and each stream's
+    unweighted loss, for logging.
+    """
+    if (teacher is None) == (store is None):
+        raise ValueError("Give exactly one of `teacher` (online) or `store` (precomputed targets).")
+    loss, parts = None, {}
+    for stream, batch in streams.items():
+        weight = cfg.stream_weights.get(stream, 1.0)
+        if weight == 0:
+            continue
+        if teacher is not None:
+            targets, batch, _ = teacher_targets(teacher, batch, cfg, pad_id, eos_ids)
+        else:
+            targets, conts = store.lookup(stream, batch["index"].tolist())
+            if cfg.continuation_length:
+                batch = extend_with_continuations(batch, conts, pad_id)
+        stream_loss = student_loss(model, batch, targets, cfg)
+        parts[stream] = stream_loss.detach().item()
+        loss = weight * stream_loss if loss is None else loss + weight * stream_loss
+    if loss is None:
+        raise ValueError(f"No stream with a non-zero weight in the batch (streams: {sorted(streams)}).")
+    return loss, parts

@@ -110,3 +110,39 @@ def test_store_lookup_errors_and_size(tiny_model, collator, records, tokenizer) 
         store.lookup("retain", [0])
     with pytest.raises(KeyError, match="example 5"):
         store.lookup("forget", [5])
+
+
+def test_duet_loss_weighs_streams_and_both_teacher_modes_agree(tiny_model, collator, records, tokenizer) -> None:
+    from torch.utils.data import Dataset
+
+    from duet_plugin.core.duet import duet_loss, precompute_targets
+
+    class Records(Dataset):
+        def __init__(self, rows):
+            self.rows = rows
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            return self.rows[i]
+
+    forget = [{**r, "index": i} for i, r in enumerate(records[:8])]
+    retain = [{**r, "index": i} for i, r in enumerate(records[8:])]
+    cfg = DUETConfig(top_k=5, teacher_batch_size=3, stream_weights={"forget": 2.0, "retain": 0.5})
+    eos = [tokenizer.eos_token_id]
+    store = precompute_targets(
+        tiny_model, {"forget": Records(forget), "retain": Records(retain)}, collator, cfg, collator.pad_id, eos
+    )
+    assert store.streams() == ["forget", "retain"] and len(store) == len(records)
+    student = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    batch = {"forget": collator(forget[:4]), "retain": collator(retain[2:6])}
+    pre, parts = duet_loss(student, batch, cfg, collator.pad_id, eos, store=store)
+    online, _ = duet_loss(student, batch, cfg, collator.pad_id, eos, teacher=tiny_model)
+    assert pre.item() == pytest.approx(online.item(), rel=1e-5)
+    assert pre.item() == pytest.approx(2.0 * parts["forget"] + 0.5 * parts["retain"], rel=1e-5)
+    with pytest.raises(ValueError, match="exactly one"):
+        duet_loss(student, batch, cfg, collator.pad_id, eos)

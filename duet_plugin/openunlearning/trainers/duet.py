@@ -14,14 +14,11 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
 from trainer.unlearn.base import UnlearnTrainer
 from trainer.unlearn.grad_diff import GradDiff
 from transformers import Trainer
 
-from duet_plugin.core.collate import extend_with_continuations
-from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, student_loss, teacher_targets
+from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, duet_loss, precompute_targets
 from duet_plugin.core.losses import validate_top_k
 from duet_plugin.core.teacher import PrefixSpec, derive_concepts
 from duet_plugin.openunlearning.collators import DUETCollator
@@ -147,26 +144,17 @@ class DUET(UnlearnTrainer):
     def _pad_id(self) -> int:
         return self.data_collator.pad_id
 
-    def _device_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        device = next(self.model.parameters()).device
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-    @torch.no_grad()
     def precompute_targets(self) -> TeacherTargetStore:
         """Teacher targets for every forget/retain query, from the current (starting) weights, once."""
-        store = TeacherTargetStore()
-        was_training = self.model.training
-        self.model.eval()
-        for stream, dataset in stream_datasets(self.train_dataset).items():
-            loader = DataLoader(dataset, batch_size=self.duet.teacher_batch_size, collate_fn=self.data_collator)
-            for batch in loader:
-                batch = self._device_batch(batch)
-                with self.accelerator.autocast():  # the precision of the online (accelerate-prepared) teacher
-                    targets, extended, conts = teacher_targets(
-                        self.model, batch, self.duet, self._pad_id, self._eos_ids
-                    )
-                store.add(stream, batch["index"].tolist(), targets, extended["position_mask"], conts)
-        self.model.train(was_training)
+        store = precompute_targets(
+            self.model,
+            stream_datasets(self.train_dataset),
+            self.data_collator,
+            self.duet,
+            self._pad_id,
+            self._eos_ids,
+            context=self.accelerator.autocast,
+        )
         logger.info("DUET: precomputed teacher targets for %d queries (%.1f KiB)", len(store), store.nbytes() / 1024)
         return store
 
@@ -184,25 +172,14 @@ class DUET(UnlearnTrainer):
         num_items_in_batch: Any = None,
         **kwargs: Any,
     ) -> Any:
-        streams = inputs if "student_input_ids" not in inputs else {"forget": inputs}
-        loss = None
-        for stream, batch in streams.items():
-            weight = self.duet.stream_weights.get(stream, 1.0)
-            if weight == 0 or not isinstance(batch, Mapping):
-                continue
-            if self.duet.teacher == "online":
-                targets, batch, _ = teacher_targets(self.teacher_model, batch, self.duet, self._pad_id, self._eos_ids)
-            else:
-                if self.targets is None:
-                    self.targets = self.precompute_targets()
-                targets, conts = self.targets.lookup(stream, batch["index"].tolist())
-                if self.duet.continuation_length:
-                    batch = extend_with_continuations(batch, conts, self._pad_id)
-            stream_loss = student_loss(model, batch, targets, self.duet)
-            self._duet_logs[f"{stream}_loss"].append(stream_loss.detach().item())
-            loss = weight * stream_loss if loss is None else loss + weight * stream_loss
-        if loss is None:
-            raise ValueError(f"No stream with a non-zero weight in the batch (streams: {sorted(streams)}).")
+        streams = {"forget": inputs} if "student_input_ids" in inputs else inputs
+        if self.duet.teacher == "precomputed" and self.targets is None:
+            self.targets = self.precompute_targets()
+        loss, parts = duet_loss(
+            model, streams, self.duet, self._pad_id, self._eos_ids, teacher=self.teacher_model, store=self.targets
+        )
+        for stream, value in parts.items():
+            self._duet_logs[f"{stream}_loss"].append(value)
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
