@@ -106,3 +106,26 @@ def topk_distillation_loss(
     if per_position.numel() == 0:
         return student_logits.sum() * 0.0
     return per_position.mean()
+
+
+def forward_kl_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Full-vocabulary KL(teacher || student) averaged over the positions where ``mask`` is true.
+
+    UNDO's distillation loss (``forward_kl_loss_fn`` in its official code, temperature 1): logits ``[B, L, V]``,
+    ``mask [B, L]`` marks the positions to distil (e.g. those with a label).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ."
+        )
+    mask = mask.bool()
+    s = student_logits[mask].float() / temperature
+    t = teacher_logits[mask].detach().float() / temperature
+    if s.shape[0] == 0:
+        return student_logits.sum() * 0.0
+    log_p = t.log_softmax(dim=-1)
+    return (log_p.exp() * (log_p - s.log_softmax(dim=-1))).sum(dim=-1).mean()

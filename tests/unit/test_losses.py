@@ -122,3 +122,27 @@ def test_empty_positions_give_a_differentiable_zero() -> None:
     loss = topk_distillation_loss(student, empty)
     loss.backward()
     assert loss.item() == 0.0
+
+
+def test_forward_kl_matches_brute_force_over_masked_positions() -> None:
+    from duet_plugin.core.losses import forward_kl_loss
+
+    gen = torch.Generator().manual_seed(3)
+    student = torch.randn(2, 4, 7, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(2, 4, 7, generator=gen, dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 1]])
+    total, n = 0.0, 0
+    for b in range(2):
+        for i in range(4):
+            if mask[b, i]:
+                zs = sum(math.exp(x) for x in student[b, i].tolist())
+                zt = sum(math.exp(x) for x in teacher[b, i].tolist())
+                p = [math.exp(x) / zt for x in teacher[b, i].tolist()]
+                q = [math.exp(x) / zs for x in student[b, i].tolist()]
+                total += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+                n += 1
+    assert forward_kl_loss(student, teacher, mask).item() == pytest.approx(total / n, rel=1e-6)
+    assert forward_kl_loss(teacher.clone(), teacher, mask).item() == pytest.approx(0.0, abs=1e-9)
+    assert forward_kl_loss(student, teacher, torch.zeros_like(mask)).item() == 0.0
+    with pytest.raises(ValueError, match="temperature"):
+        forward_kl_loss(student, teacher, mask, temperature=0)
