@@ -47,25 +47,18 @@ def test_precomputed_and_online_trainers_agree(
     ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path, chat_args, positions
 ) -> None:
     common = {"top_k": 6, "positions": positions, "num_positions": 3, "teacher_batch_size": 7}
-    pre = _trainer(
-        ou_imported,
-        copy.deepcopy(tiny_model),
-        tokenizer,
-        authors_dataset,
-        tmp_path,
-        chat_args,
-        teacher="precomputed",
-        **common,
-    )
-    online = _trainer(
-        ou_imported,
-        copy.deepcopy(tiny_model),
-        tokenizer,
-        authors_dataset,
-        tmp_path,
-        chat_args,
-        teacher="online",
-        **common,
+    pre, online = (
+        _trainer(
+            ou_imported,
+            copy.deepcopy(tiny_model),
+            tokenizer,
+            authors_dataset,
+            tmp_path,
+            chat_args,
+            teacher=teacher,
+            **common,
+        )
+        for teacher in ("precomputed", "online")
     )
     assert online.teacher_model is not None and pre.teacher_model is None
     pre.targets = pre.precompute_targets()
