@@ -27,6 +27,9 @@ VIEW_KEYS = (
     "teacher_positions",
     "position_mask",
 )
+#: The keys of one teacher view; a batch's further views (other prefixes) sit under ``EXTRA_VIEWS`` as a list.
+TEACHER_VIEW_KEYS = ("teacher_input_ids", "teacher_attention_mask", "teacher_positions")
+EXTRA_VIEWS = "extra_teacher_views"
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,22 +82,44 @@ def views_from_ids(
     }
 
 
+def _rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=False)]
+
+
 def extend_with_continuations(
-    batch: Mapping[str, torch.Tensor], continuations: Sequence[Sequence[int]], pad_id: int
-) -> dict[str, torch.Tensor]:
-    """Append a per-row continuation to both views of a collated leaf batch (``first_n`` positions)."""
-    student = [
-        row[m.bool()].tolist()
-        for row, m in zip(batch["student_input_ids"], batch["student_attention_mask"], strict=False)
-    ]
-    teacher = [
-        row[m.bool()].tolist()
-        for row, m in zip(batch["teacher_input_ids"], batch["teacher_attention_mask"], strict=False)
-    ]
+    batch: Mapping[str, Any], continuations: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, Any]:
+    """Append a per-row continuation to every view of a collated leaf batch (``first_n`` positions)."""
+    student = _rows(batch["student_input_ids"], batch["student_attention_mask"])
     out = dict(batch)
-    out.update(views_from_ids(student, teacher, pad_id, continuations))
-    device = batch["student_input_ids"].device
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    out.update(
+        views_from_ids(
+            student, _rows(batch["teacher_input_ids"], batch["teacher_attention_mask"]), pad_id, continuations
+        )
+    )
+    if batch.get(EXTRA_VIEWS):
+        out[EXTRA_VIEWS] = [
+            {
+                k: v
+                for k, v in views_from_ids(
+                    student, _rows(view["teacher_input_ids"], view["teacher_attention_mask"]), pad_id, continuations
+                ).items()
+                if k in TEACHER_VIEW_KEYS
+            }
+            for view in batch[EXTRA_VIEWS]
+        ]
+    return to_device(out, batch["student_input_ids"].device)
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move every tensor of a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def gather_positions(logits: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,6 +136,7 @@ class TeacherStudentCollator:
         template_args: OU's ``model.template_args``.
         prefix: the rendered teacher prefix text; ``None`` makes the teacher view equal the student view.
         placement: where the prefix goes (``auto``, ``system``, ``user``); see ``PromptRenderer``.
+        extra_prefixes: further teacher prefixes (several-teacher DUET); each adds one view under ``EXTRA_VIEWS``.
     """
 
     def __init__(
@@ -119,11 +145,13 @@ class TeacherStudentCollator:
         template_args: Mapping[str, Any] | TemplateArgs | None = None,
         prefix: str | None = None,
         placement: str = "auto",
+        extra_prefixes: Sequence[str] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.template_args = template_args
         self.placement = placement
         self.prefix = prefix
+        self.extra_prefixes = list(extra_prefixes)
         self._renderer: PromptRenderer | None = None
 
     @property
@@ -139,13 +167,15 @@ class TeacherStudentCollator:
         template_args: Mapping[str, Any] | TemplateArgs | None = None,
         prefix: str | None = None,
         placement: str | None = None,
+        extra_prefixes: Sequence[str] = (),
     ) -> TeacherStudentCollator:
-        """Set what the trainer resolved (template args it was given, the final prefix text)."""
+        """Set what the trainer resolved (template args it was given, the final prefix texts)."""
         if template_args is not None:
             self.template_args = template_args
         if placement is not None:
             self.placement = placement
         self.prefix = prefix
+        self.extra_prefixes = list(extra_prefixes)
         self._renderer = None
         return self
 
@@ -165,6 +195,17 @@ class TeacherStudentCollator:
         else:
             teacher = [self.renderer.prompt_ids(inst["prompt"], self.prefix) for inst in instances]
         batch: dict[str, Any] = views_from_ids(student, teacher, self.pad_id)
+        if self.extra_prefixes:
+            batch[EXTRA_VIEWS] = [
+                {
+                    k: v
+                    for k, v in views_from_ids(
+                        student, [self.renderer.prompt_ids(inst["prompt"], p) for inst in instances], self.pad_id
+                    ).items()
+                    if k in TEACHER_VIEW_KEYS
+                }
+                for p in self.extra_prefixes
+            ]
         if "index" in instances[0]:
             batch["index"] = torch.tensor([int(inst["index"]) for inst in instances], dtype=torch.long)
         return batch

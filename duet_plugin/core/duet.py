@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from duet_plugin.core.collate import extend_with_continuations, gather_positions
+from duet_plugin.core.collate import EXTRA_VIEWS, extend_with_continuations, gather_positions, to_device
+from duet_plugin.core.ensemble import TeacherEnsemble, average_logits
 from duet_plugin.core.losses import (
     TopKTargets,
     select_topk,
@@ -104,28 +105,81 @@ def greedy_continuations(
     return conts
 
 
+def _views(teacher: TeacherEnsemble, batch: Mapping[str, Any]) -> list[Mapping[str, torch.Tensor]]:
+    views = [batch, *batch.get(EXTRA_VIEWS, [])]
+    if max(teacher.views) >= len(views):
+        raise ValueError(
+            f"The teacher ensemble reads prompt view {max(teacher.views)} but the batch has {len(views)} view(s); "
+            "the collator must be configured with every teacher prefix (DUETCollator.configure(extra_prefixes=...))."
+        )
+    return views
+
+
+@torch.no_grad()
+def ensemble_continuations(
+    teacher: TeacherEnsemble, batch: Mapping[str, Any], n: int, eos_ids: Sequence[int], pad_id: int
+) -> list[list[int]]:
+    """Greedy ``n``-token continuations from the members' averaged next-token logits, each member reading its own
+    prompt view (no KV cache: meant for the few tokens of ``first_n``). Each row is cut after its first EOS."""
+    size = batch["teacher_input_ids"].shape[0]
+    conts: list[list[int]] = [[] for _ in range(size)]
+    done = [False] * size
+    rows = torch.arange(size, device=batch["teacher_input_ids"].device)
+    for _ in range(n):
+        extended = extend_with_continuations(batch, conts, pad_id) if any(conts) else batch
+        views = _views(teacher, extended)
+        logits = teacher.logits_for_views([(v["teacher_input_ids"], v["teacher_attention_mask"]) for v in views])
+        last = [
+            x[rows, views[v]["teacher_attention_mask"].sum(dim=1) - 1]
+            for x, (_, v, _) in zip(logits, teacher.members, strict=True)
+        ]
+        for i, tok in enumerate(average_logits(last, teacher.weights).argmax(dim=-1).tolist()):
+            if not done[i]:
+                conts[i].append(tok)
+                done[i] = tok in eos_ids
+        if all(done):
+            break
+    return conts
+
+
+def teacher_logits_at(teacher: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+    """The teacher's logits ``[N, V]`` at the aligned positions (averaged over an ensemble's members and views)."""
+    if isinstance(teacher, TeacherEnsemble) and not teacher.single_view:
+        views = _views(teacher, batch)
+        logits = teacher.logits_for_views([(v["teacher_input_ids"], v["teacher_attention_mask"]) for v in views])
+        at = [
+            gather_positions(x, views[v]["teacher_positions"], batch["position_mask"])
+            for x, (_, v, _) in zip(logits, teacher.members, strict=True)
+        ]
+        return average_logits(at, teacher.weights)
+    logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
+    return gather_positions(logits, batch["teacher_positions"], batch["position_mask"])
+
+
 @torch.no_grad()
 def teacher_targets(
-    teacher: Any, batch: Mapping[str, torch.Tensor], cfg: DUETConfig, pad_id: int, eos_ids: Sequence[int]
-) -> tuple[TopKTargets, dict[str, torch.Tensor], list[list[int]]]:
+    teacher: Any, batch: Mapping[str, Any], cfg: DUETConfig, pad_id: int, eos_ids: Sequence[int]
+) -> tuple[TopKTargets, dict[str, Any], list[list[int]]]:
     """The teacher's top-K targets for one collated stream batch.
 
-    Returns the targets (row-major over valid positions), the batch extended with the teacher's continuation
-    (unchanged for ``first``) and the continuations themselves.
+    ``teacher`` is a causal LM or a :class:`TeacherEnsemble`. Returns the targets (row-major over valid positions),
+    the batch extended with the teacher's continuation (unchanged for ``first``) and the continuations themselves.
     """
     conts: list[list[int]] = [[] for _ in range(batch["teacher_input_ids"].shape[0])]
     if cfg.continuation_length:
-        conts = greedy_continuations(
-            teacher,
-            batch["teacher_input_ids"],
-            batch["teacher_attention_mask"],
-            cfg.continuation_length,
-            eos_ids,
-        )
+        if isinstance(teacher, TeacherEnsemble):
+            conts = ensemble_continuations(teacher, batch, cfg.continuation_length, eos_ids, pad_id)
+        else:
+            conts = greedy_continuations(
+                teacher,
+                batch["teacher_input_ids"],
+                batch["teacher_attention_mask"],
+                cfg.continuation_length,
+                eos_ids,
+            )
         batch = extend_with_continuations(batch, conts, pad_id)
-    logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
-    validate_top_k(cfg.top_k, logits.shape[-1])
-    at = gather_positions(logits, batch["teacher_positions"], batch["position_mask"])
+    at = teacher_logits_at(teacher, batch)
+    validate_top_k(cfg.top_k, at.shape[-1])
     return select_topk(at, cfg.top_k), dict(batch), conts
 
 
@@ -212,7 +266,7 @@ def precompute_targets(
     device = _model_device(model)
     for stream, dataset in streams.items():
         for batch in DataLoader(dataset, batch_size=cfg.teacher_batch_size, collate_fn=collate_fn):
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, device)
             with context():
                 targets, extended, conts = teacher_targets(model, batch, cfg, pad_id, eos_ids)
             store.add(stream, batch["index"].tolist(), targets, extended["position_mask"], conts)

@@ -25,9 +25,10 @@ def _components() -> list[tuple[str, str, dict[str, Any]]]:
     from duet_plugin.openunlearning.collators import DUETCollator
     from duet_plugin.openunlearning.datasets import UnifiedQueryDataset
     from duet_plugin.openunlearning.trainers.duet import DUET
+    from duet_plugin.openunlearning.trainers.undo import UNDO
 
     return [
-        ("trainer", "TRAINER_REGISTRY", {"DUET": DUET}),
+        ("trainer", "TRAINER_REGISTRY", {"DUET": DUET, "UNDO": UNDO}),
         ("data", "DATASET_REGISTRY", {"UnifiedQueryDataset": UnifiedQueryDataset}),
         ("data", "COLLATOR_REGISTRY", {"DUETCollator": DUETCollator}),
     ]

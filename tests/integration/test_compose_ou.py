@@ -92,3 +92,23 @@ def test_trainer_duet_config_overrides(ou_imported) -> None:
     args = _resolved(cfg, "trainer.method_args")
     assert args["teacher"] == "online" and args["positions"] == "first_n"
     assert args["prefix"]["concepts"] == ["Ana Lopez", "Bo Chen"] and args["stream_weights"]["retain"] == 0.5
+
+
+@pytest.mark.parametrize("benchmark", ["tofu", "muse", "wmdp"])
+def test_undo_experiments_compose(ou_imported, benchmark) -> None:
+    cfg = _compose(
+        ou_imported, "unlearn.yaml", [f"experiment=unlearn/{benchmark}/undo", "trainer.method_args.teacher=saves/x"]
+    )
+    assert cfg.trainer.handler == "UNDO"
+    method_args = _resolved(cfg, "trainer.method_args")
+    from duet_plugin.openunlearning.trainers.undo import METHOD_ARGS
+
+    assert set(method_args) == set(METHOD_ARGS)
+    assert method_args["teacher"] == "saves/x" and method_args["alpha"] == 0.25 and method_args["beta"] == 0.0
+    assert set(_resolved(cfg, "data")) >= {"forget", "retain"}
+
+
+def test_trainer_undo_composes_with_ou_default_experiment(ou_imported) -> None:
+    cfg = _compose(ou_imported, "unlearn.yaml", ["experiment=unlearn/tofu/default", "trainer=UNDO"])
+    assert cfg.trainer.handler == "UNDO" and cfg.trainer.method_args.teacher is None
+    assert "gamma" not in cfg.trainer.method_args

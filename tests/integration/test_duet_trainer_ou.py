@@ -89,3 +89,50 @@ def test_tokenizer_without_chat_template_is_rejected(ou_imported, tiny_model, to
     bare.chat_template = None
     with pytest.raises(ValueError, match="apply_chat_template=false"):
         _trainer(ou_imported, tiny_model, bare, authors_dataset, tmp_path, {"apply_chat_template": True})
+
+
+@pytest.mark.parametrize("positions", ["first", "first_n"])
+def test_several_teachers_precomputed_and_online_agree(
+    ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path, chat_args, positions
+) -> None:
+    """The starting model with the main prefix plus a checkpoint with its own prefix, weighted 1:2."""
+    from duet_plugin.core.ensemble import TeacherEnsemble
+    from duet_plugin.core.noise import shrink_and_perturb
+
+    other = copy.deepcopy(tiny_model)
+    shrink_and_perturb(other, alpha=0.3, beta=1.0, seed=2)
+    other.save_pretrained(tmp_path / "other")
+    teachers = [
+        {"path": None},
+        {"path": str(tmp_path / "other"), "prefix": {"text": "Refuse to talk about {concepts}."}, "weight": 2.0},
+    ]
+    common = {"top_k": 6, "positions": positions, "num_positions": 3, "teachers": teachers}
+    pre, online = (
+        _trainer(
+            ou_imported, copy.deepcopy(tiny_model), tokenizer, authors_dataset, tmp_path, chat_args, teacher=t, **common
+        )
+        for t in ("precomputed", "online")
+    )
+    assert pre.data_collator.extra_prefixes[0].startswith("Refuse to talk about Gideon Kilbride")
+    assert isinstance(online.teacher_model, TeacherEnsemble) and online.teacher_model.views == [0, 1]
+    pre.targets = pre.precompute_targets()
+    batch = pre.data_collator([pre.train_dataset[i] for i in range(4)])
+    loss_pre = pre.compute_loss(pre.model, batch)
+    loss_online = online.compute_loss(online.model, batch)
+    assert loss_pre.item() > 0  # the student (one model, no prefix) differs from the two-teacher mean
+    assert loss_pre.item() == pytest.approx(loss_online.item(), rel=1e-5)
+
+
+def test_missing_checkpoint_teacher_is_rejected(
+    ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path, chat_args
+):
+    with pytest.raises(FileNotFoundError, match=r"teachers\[1\]\.path=.*no such folder"):
+        _trainer(
+            ou_imported,
+            tiny_model,
+            tokenizer,
+            authors_dataset,
+            tmp_path,
+            chat_args,
+            teachers=[{"path": None}, {"path": str(tmp_path / "gone")}],
+        )

@@ -127,3 +127,66 @@ def test_bad_config_fails_before_training(run_ou, workspace, override, message) 
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert not (out / "model.safetensors").exists() and "precomputed teacher targets" not in proc.stderr
+
+
+def test_tofu_chain_duet_then_undo_then_eval(run_ou, workspace) -> None:
+    """Unlearn with DUET, robustify with UNDO from DUET's output, evaluate: each step OU's own script."""
+    run_ou(
+        "train",
+        [
+            "--config-name=unlearn.yaml",
+            "experiment=unlearn/tofu/duet",
+            "task_name=chain_duet",
+            *train_overrides(workspace / "tiny"),
+            *SMALL,
+            "++trainer.args.max_steps=4",
+        ],
+    )
+    teacher = workspace / "saves" / "unlearn" / "chain_duet"
+    proc = run_ou(
+        "train",
+        [
+            "--config-name=unlearn.yaml",
+            "experiment=unlearn/tofu/undo",
+            "task_name=chain_undo",
+            *train_overrides(workspace / "tiny"),
+            *SMALL,
+            f"trainer.method_args.teacher={teacher}",
+            "trainer.method_args.alpha=0.5",
+            "trainer.method_args.beta=0.1",
+            "trainer.method_args.recovery_eval_steps=2",
+            "trainer.args.max_steps=6",
+            "trainer.args.warmup_steps=0",
+        ],
+    )
+    log = proc.stdout + proc.stderr
+    assert "shrink-and-perturb alpha=0.5 beta=0.1" in log and "undo/retain_gap" in log and "undo/kl" in log
+    out = workspace / "saves" / "unlearn" / "chain_undo"
+    assert _weights_changed(teacher, out)
+    run_ou(
+        "eval",
+        [
+            "experiment=eval/tofu/default",
+            "task_name=chain_undo_eval",
+            *eval_overrides(out),
+            f"paths.output_dir={out}/evals",
+        ],
+    )
+    summary = json.loads((out / "evals" / "TOFU_SUMMARY.json").read_text())
+    assert math.isfinite(summary["forget_Q_A_ROUGE"]) and math.isfinite(summary["model_utility"])
+
+
+def test_undo_without_teacher_fails_with_the_fix(run_ou, workspace) -> None:
+    proc = run_ou(
+        "train",
+        [
+            "--config-name=unlearn.yaml",
+            "experiment=unlearn/tofu/undo",
+            "task_name=undo_no_teacher",
+            *train_overrides(workspace / "tiny"),
+        ],
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "set trainer.method_args.teacher=<folder>" in proc.stdout + proc.stderr
+    assert not (workspace / "saves" / "unlearn" / "undo_no_teacher" / "config.json").exists()

@@ -74,6 +74,10 @@ def test_config_tree_ships_with_the_package() -> None:
         "experiment/unlearn/tofu/duet.yaml",
         "experiment/unlearn/muse/duet.yaml",
         "experiment/unlearn/wmdp/duet.yaml",
+        "trainer/UNDO.yaml",
+        "experiment/unlearn/tofu/undo.yaml",
+        "experiment/unlearn/muse/undo.yaml",
+        "experiment/unlearn/wmdp/undo.yaml",
     ):
         assert (root / rel).is_file(), rel
 

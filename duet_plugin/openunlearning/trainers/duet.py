@@ -19,19 +19,27 @@ from trainer.unlearn.grad_diff import GradDiff
 from transformers import Trainer
 
 from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, duet_loss, precompute_targets
+from duet_plugin.core.ensemble import check_checkpoint, parse_teachers
 from duet_plugin.core.losses import validate_top_k
 from duet_plugin.core.teacher import PrefixSpec, derive_concepts
 from duet_plugin.openunlearning.collators import DUETCollator
 from duet_plugin.openunlearning.datasets import stream_datasets, unified_train_dataset
+from duet_plugin.openunlearning.trainers.teachers import ensemble, load_teachers, prepare_frozen
 
 logger = logging.getLogger(__name__)
 
 
-#: What ``trainer.method_args`` may hold: the prefix spec plus every DUETConfig field.
-METHOD_ARGS = ("prefix", *DUETConfig.__dataclass_fields__)
+#: What ``trainer.method_args`` may hold: the prefix spec, the teacher list, every DUETConfig field.
+METHOD_ARGS = ("prefix", "teachers", *DUETConfig.__dataclass_fields__)
+TEACHERS_KEY = "trainer.method_args.teachers"
 
 
-def _reject_unknown_options(kwargs: Mapping[str, Any]) -> None:
+def reject_unknown_options(
+    kwargs: Mapping[str, Any],
+    method: str = "DUET",
+    method_args: tuple[str, ...] = METHOD_ARGS,
+    experiment: str = "duet",
+) -> None:
     """OU passes ``trainer.method_args`` as keyword arguments next to HF Trainer's own; name any stray one."""
     # `tokenizer`/`processing_class` are named explicitly: on transformers >= 4.46 the signature seen through the
     # deprecation wrapper lacks `tokenizer`, which OU's snapshot still passes.
@@ -44,10 +52,10 @@ def _reject_unknown_options(kwargs: Mapping[str, Any]) -> None:
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ValueError(
-            f"Unknown DUET option(s) {unknown} in trainer.method_args (left over from another trainer's experiment, "
-            f"e.g. RMU's in unlearn/wmdp/default?). DUET takes {list(METHOD_ARGS)}. Remove them with "
+            f"Unknown {method} option(s) {unknown} in trainer.method_args (left over from another trainer's "
+            f"experiment, e.g. RMU's in unlearn/wmdp/default?). {method} takes {list(method_args)}. Remove them with "
             + " ".join(f"~trainer.method_args.{k}" for k in unknown)
-            + ", or use the matching experiment=unlearn/<benchmark>/duet."
+            + f", or use the matching experiment=unlearn/<benchmark>/{experiment}."
         )
 
 
@@ -65,10 +73,11 @@ class DUET(UnlearnTrainer):
         stream_weights: Mapping[str, float] | None = None,
         teacher: str = "precomputed",
         teacher_batch_size: int = 16,
+        teachers: Any = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        _reject_unknown_options(kwargs)
+        reject_unknown_options(kwargs)
         self.duet = DUETConfig(
             top_k=top_k,
             distance=distance,
@@ -80,6 +89,11 @@ class DUET(UnlearnTrainer):
             stream_weights=dict(stream_weights or {"forget": 1.0, "retain": 1.0}),
         )
         spec = PrefixSpec.from_config(prefix)
+        self.teacher_specs = parse_teachers(teachers, TEACHERS_KEY)
+        member_prefixes = [None if t.prefix is None else PrefixSpec.from_config(t.prefix) for t in self.teacher_specs]
+        for i, t in enumerate(self.teacher_specs):
+            if t.path is not None:
+                check_checkpoint(t.path, f"{TEACHERS_KEY}[{i}].path")
         model = kwargs.get("model")
         if model is not None:
             validate_top_k(top_k, model.get_output_embeddings().weight.shape[0])
@@ -93,9 +107,20 @@ class DUET(UnlearnTrainer):
             streams = stream_datasets(train_dataset)
             if len(streams.get("forget") or []) == 0:
                 raise ValueError("The forget set has no queries: check data.forget (its hf_args and question_key).")
-            if spec.needs_concepts and not spec.concepts:
-                spec = spec.with_concepts(self._concepts_from_data(streams))
+            needs = [p for p in (spec, *member_prefixes) if p is not None and p.needs_concepts and not p.concepts]
+            if needs:
+                concepts = self._concepts_from_data(streams)
+                spec = spec.with_concepts(concepts) if spec in needs else spec
+                member_prefixes = [p.with_concepts(concepts) if p in needs else p for p in member_prefixes]
         self.prefix_text = spec.render()
+        # Prompt views: 0 = the main prefix; every other distinct member prefix adds one.
+        texts = [self.prefix_text]
+        self.teacher_views = []
+        for p in member_prefixes:
+            text = self.prefix_text if p is None else p.render()
+            if text not in texts:
+                texts.append(text)
+            self.teacher_views.append(texts.index(text))
 
         collator = kwargs.get("data_collator")
         if not isinstance(collator, DUETCollator):
@@ -104,7 +129,7 @@ class DUET(UnlearnTrainer):
         template_args = collator.template_args or kwargs.get("template_args")
         placement = spec.placement if spec.placement != "auto" else collator.placement
         kwargs["data_collator"] = collator.configure(
-            template_args=template_args, prefix=self.prefix_text, placement=placement
+            template_args=template_args, prefix=self.prefix_text, placement=placement, extra_prefixes=texts[1:]
         )
         collator.renderer  # noqa: B018 - fail now on a bad template/tokenizer, not at the first batch
         logger.info("DUET teacher prefix (%s placement): %s", collator.renderer.placement, self.prefix_text)
@@ -116,8 +141,7 @@ class DUET(UnlearnTrainer):
         self.targets: TeacherTargetStore | None = None
         self.teacher_model = None
         if self.duet.teacher == "online":
-            # Prepared exactly like OU's reference model (deepcopy, eval, DeepSpeed/accelerate aware).
-            self.teacher_model = GradDiff._prepare_ref_model(self, self.model)
+            self.teacher_model = self._teacher(online=True)
         self._duet_logs: dict[str, list[float]] = defaultdict(list)
 
     @staticmethod
@@ -144,10 +168,29 @@ class DUET(UnlearnTrainer):
     def _pad_id(self) -> int:
         return self.data_collator.pad_id
 
+    def _teacher(self, online: bool) -> Any:
+        """The teacher: the starting model (a frozen copy when online), or the configured ``teachers`` ensemble.
+
+        The starting model and frozen copies are prepared exactly like OU's reference model (deepcopy, eval,
+        DeepSpeed/accelerate aware); checkpoint teachers are loaded here (for precomputed targets: only while
+        the targets are computed).
+        """
+        if not self.teacher_specs:
+            return GradDiff._prepare_ref_model(self, self.model) if online else self.model
+        needs_self = any(t.path is None for t in self.teacher_specs)
+        own = (GradDiff._prepare_ref_model(self, self.model) if online else self.model) if needs_self else None
+        on_disk = [t for t in self.teacher_specs if t.path is not None]
+        loaded = iter(
+            prepare_frozen(self, m) if online else m.to(self.accelerator.device)
+            for m in load_teachers(on_disk, self.model, TEACHERS_KEY)
+        )
+        models = [own if t.path is None else next(loaded) for t in self.teacher_specs]
+        return ensemble(models, self.teacher_specs, self.teacher_views)
+
     def precompute_targets(self) -> TeacherTargetStore:
         """Teacher targets for every forget/retain query, from the current (starting) weights, once."""
         store = precompute_targets(
-            self.model,
+            self._teacher(online=False),
             stream_datasets(self.train_dataset),
             self.data_collator,
             self.duet,
