@@ -89,14 +89,21 @@ class Demo:
         settings: DemoSettings | None = None,
         overwrite: bool = False,
         out: IO[str] = sys.stdout,
+        existing: bool = False,
     ) -> None:
         self.ou_root = find_ou_root(ou_root)
         self.workdir = Path(workdir).resolve()
         self.settings = settings or DemoSettings()
         self.out = out
-        self._prepare_workdir(overwrite)
+        if existing:  # add runs to a finished demo: its files are kept, new runs get new names
+            if not (self.workdir / MARKER).is_file():
+                raise FileNotFoundError(
+                    f"{self.workdir} is not a duet-plugin demo folder; run `duet-plugin demo` there first."
+                )
+        else:
+            self._prepare_workdir(overwrite)
         self.logs = self.workdir / "logs"
-        self.logs.mkdir()
+        self.logs.mkdir(exist_ok=existing)
         self.retain_split, self.holdout_split = SPLITS[self.settings.forget_split]
         self._lock = threading.Lock()
         self._t0 = time.time()
