@@ -308,6 +308,7 @@ class Demo:
             *eval_overrides(model),
             *self._common(),
             f"paths.output_dir={output_dir}",
+            "eval.tofu.overwrite=true",  # OU would otherwise reuse the metrics of an earlier run in that folder
             *(f"{m}.generation_args.max_new_tokens={n}" for m in rouge),
         ]
         if retain_logs is not None:

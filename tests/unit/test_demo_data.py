@@ -73,6 +73,19 @@ def test_demo_never_touches_a_foreign_folder(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "run" / MARKER).is_file()
 
 
+def test_existing_demo_folder_is_added_to_not_replaced(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("duet_plugin.demo.pipeline.find_ou_root", lambda root: tmp_path)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    with pytest.raises(FileNotFoundError, match="not a duet-plugin demo folder"):
+        Demo(foreign, existing=True)
+    assert list(foreign.iterdir()) == []
+    Demo(tmp_path / "run")
+    (tmp_path / "run" / "logs" / "earlier.log").write_text("kept")
+    Demo(tmp_path / "run", existing=True)
+    assert (tmp_path / "run" / "logs" / "earlier.log").read_text() == "kept"
+
+
 def _stub_ou(root, body: str):
     """A fake OU checkout whose src/train.py is a stub script (enough for find_ou_root and Demo.ou)."""
     (root / "src").mkdir(parents=True)
@@ -107,3 +120,14 @@ def test_a_failing_ou_command_names_its_log(tmp_path) -> None:
     demo = Demo(tmp_path / "run", ou_root=ou, out=__import__("io").StringIO())
     with pytest.raises(DemoStepFailed, match=r"(?s)stub failed \(exit 3\).*stub\.log.*boom: bad override"):
         demo.ou("stub", "train", [])
+
+
+def test_evaluation_recomputes_metrics_in_a_reused_folder(tmp_path, monkeypatch) -> None:
+    """OU's evaluator reuses the metrics already in output_dir unless told to overwrite (a rerun would report stale
+    numbers)."""
+    monkeypatch.setattr("duet_plugin.demo.pipeline.find_ou_root", lambda root: tmp_path)
+    demo = Demo(tmp_path / "run")
+    calls = []
+    monkeypatch.setattr(demo, "ou", lambda name, script, args, cwd=None, threads=1: calls.append(args))
+    demo.evaluate("eval_x", tmp_path / "model", tmp_path / "model" / "evals", None)
+    assert "eval.tofu.overwrite=true" in calls[0]
