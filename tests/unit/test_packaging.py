@@ -38,6 +38,7 @@ def test_wheel_contains_configs_prefixes_and_hydra_plugin(tmp_path) -> None:
     configs = {str(p.relative_to(ROOT)) for p in (ROOT / "duet_plugin" / "configs").rglob("*.yaml")}
     assert configs and configs <= names
     assert "duet_plugin/core/prefixes.yaml" in names
+    assert "duet_plugin/core/attacks/prompt_templates.yaml" in names
     assert "hydra_plugins/duet_plugin/duet_plugin_searchpath.py" in names
     assert "hydra_plugins/__init__.py" not in names  # must stay a namespace package shared with other plugins
     assert not any(n.startswith(("tests/", "scripts/")) for n in names)
