@@ -127,13 +127,18 @@ def _check_registration(root: Path) -> Check:
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import data, model, trainer, evals;"
         "from duet_plugin.openunlearning.registration import register;"
-        "register(); print('DUET' in trainer.TRAINER_REGISTRY)"
+        "register(); import evals.metrics as m;"
+        "print({'DUET', 'UNDO'} <= set(trainer.TRAINER_REGISTRY) and 'quantization_attack' in m.METRICS_REGISTRY)"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(root / "src")], capture_output=True, text=True, cwd=root, timeout=300
     )
     if proc.returncode == 0 and proc.stdout.strip().endswith("True"):
-        return Check("registration", "ok", "OU imports; DUET, UnifiedQueryDataset, DUETCollator registered")
+        return Check(
+            "registration",
+            "ok",
+            "OU imports; DUET, UNDO, UnifiedQueryDataset, DUETCollator, quantization_attack registered",
+        )
     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return Check(
         "registration",

@@ -24,6 +24,7 @@ class RegistrationError(RuntimeError):
 def _components() -> list[tuple[str, str, dict[str, Any]]]:
     from duet_plugin.openunlearning.collators import DUETCollator
     from duet_plugin.openunlearning.datasets import UnifiedQueryDataset
+    from duet_plugin.openunlearning.metrics.quantization import quantization_attack
     from duet_plugin.openunlearning.trainers.duet import DUET
     from duet_plugin.openunlearning.trainers.undo import UNDO
 
@@ -31,6 +32,7 @@ def _components() -> list[tuple[str, str, dict[str, Any]]]:
         ("trainer", "TRAINER_REGISTRY", {"DUET": DUET, "UNDO": UNDO}),
         ("data", "DATASET_REGISTRY", {"UnifiedQueryDataset": UnifiedQueryDataset}),
         ("data", "COLLATOR_REGISTRY", {"DUETCollator": DUETCollator}),
+        ("evals.metrics", "METRICS_REGISTRY", {"quantization_attack": quantization_attack}),
     ]
 
 

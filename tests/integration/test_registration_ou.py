@@ -18,6 +18,7 @@ def test_plugin_components_are_registered(ou_imported) -> None:
     assert register() is True and register() is True  # idempotent
     assert trainer.TRAINER_REGISTRY["DUET"].__name__ == "DUET"
     assert trainer.TRAINER_REGISTRY["UNDO"].__name__ == "UNDO"
+    assert sys.modules["evals.metrics"].METRICS_REGISTRY["quantization_attack"].name == "quantization_attack"
     assert "UnifiedQueryDataset" in data.DATASET_REGISTRY and "DUETCollator" in data.COLLATOR_REGISTRY
     assert "GradDiff" in trainer.TRAINER_REGISTRY  # OU's own entries untouched
 

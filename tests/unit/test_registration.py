@@ -78,6 +78,7 @@ def test_config_tree_ships_with_the_package() -> None:
         "experiment/unlearn/tofu/undo.yaml",
         "experiment/unlearn/muse/undo.yaml",
         "experiment/unlearn/wmdp/undo.yaml",
+        "eval/tofu_metrics/quantization_attack.yaml",
     ):
         assert (root / rel).is_file(), rel
 

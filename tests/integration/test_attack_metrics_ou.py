@@ -1,0 +1,74 @@
+"""Attack metrics inside OU: in-process on a tiny model (bit-identical afterwards), and through OU's eval.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+
+from duet_plugin.openunlearning.cpu_overrides import eval_overrides
+
+pytestmark = pytest.mark.ou
+
+
+def _digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode() + t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_quantization_attack_measures_copies_and_leaves_the_model_identical(ou_imported, tiny_model, tokenizer):
+    from evals.metrics.base import unlearning_metric
+
+    from duet_plugin.openunlearning.metrics.quantization import quantization_attack
+
+    ids = torch.tensor([tokenizer("Gideon Kilbride was born in Valdomir.")["input_ids"]])
+    reference = tiny_model(input_ids=ids).logits.detach()
+
+    @unlearning_metric(name="logit_drift")
+    def logit_drift(model, **kwargs):  # how far the (attacked) model's logits are from the original's
+        with torch.no_grad():
+            return {"agg_value": float((model(input_ids=ids).logits - reference).abs().max())}
+
+    quantization_attack.set_pre_compute_metrics({"logit_drift": logit_drift})
+    before = _digest(tiny_model)
+    cache: dict = {}
+    out = quantization_attack.evaluate(
+        tiny_model, "quantization_attack", cache, pre_compute={"logit_drift": {}}, bits=[8, 4], handler="x"
+    )
+    assert _digest(tiny_model) == before
+    drift = out["value_by_attack"]
+    assert set(drift) == {"int8", "int4"} and 0 < drift["int8"]["logit_drift"] < drift["int4"]["logit_drift"]
+    assert out["agg_value"] == drift["int4"]["logit_drift"] and cache["quantization_attack"] is out
+    assert out["attack_info"]["int4"]["relative_weight_error"] > out["attack_info"]["int8"]["relative_weight_error"]
+    with pytest.raises(ValueError, match="no metric to re-measure"):
+        quantization_attack.evaluate(tiny_model, "quantization_attack", {}, bits=[4])
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bitz'\]"):
+        quantization_attack.evaluate(tiny_model, "q", {}, pre_compute={"logit_drift": {}}, bitz=[4])
+
+
+def test_quantization_attack_through_ou_eval(run_ou, workspace) -> None:
+    out = workspace / "saves" / "eval" / "quant"
+    run_ou(
+        "eval",
+        [
+            "experiment=eval/tofu/default",
+            "+eval/tofu_metrics=quantization_attack",
+            "task_name=quant",
+            *eval_overrides(workspace / "tiny"),
+            f"paths.output_dir={out}",
+        ],
+    )
+    logs = json.loads((out / "TOFU_EVAL.json").read_text())
+    attack = logs["quantization_attack"]
+    assert set(attack["value_by_attack"]) == {"int8", "int4"}
+    for variant in ("int8", "int4"):
+        values = attack["value_by_attack"][variant]
+        assert set(values) == {"forget_Q_A_ROUGE", "forget_Q_A_Prob"} and all(math.isfinite(v) for v in values.values())
+    assert attack["agg_value"] == max(v["forget_Q_A_ROUGE"] for v in attack["value_by_attack"].values())
+    summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
+    assert "quantization_attack" in summary and "forget_Q_A_ROUGE" in summary  # OU's own metrics still run
