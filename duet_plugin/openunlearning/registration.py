@@ -24,6 +24,7 @@ class RegistrationError(RuntimeError):
 def _components() -> list[tuple[str, str, dict[str, Any]]]:
     from duet_plugin.openunlearning.collators import DUETCollator
     from duet_plugin.openunlearning.datasets import UnifiedQueryDataset
+    from duet_plugin.openunlearning.metrics.over_refusal import over_refusal
     from duet_plugin.openunlearning.metrics.quantization import quantization_attack
     from duet_plugin.openunlearning.trainers.duet import DUET
     from duet_plugin.openunlearning.trainers.undo import UNDO
@@ -32,7 +33,11 @@ def _components() -> list[tuple[str, str, dict[str, Any]]]:
         ("trainer", "TRAINER_REGISTRY", {"DUET": DUET, "UNDO": UNDO}),
         ("data", "DATASET_REGISTRY", {"UnifiedQueryDataset": UnifiedQueryDataset}),
         ("data", "COLLATOR_REGISTRY", {"DUETCollator": DUETCollator}),
-        ("evals.metrics", "METRICS_REGISTRY", {"quantization_attack": quantization_attack}),
+        (
+            "evals.metrics",
+            "METRICS_REGISTRY",
+            {"quantization_attack": quantization_attack, "over_refusal": over_refusal},
+        ),
     ]
 
 

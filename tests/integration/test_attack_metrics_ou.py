@@ -72,3 +72,21 @@ def test_quantization_attack_through_ou_eval(run_ou, workspace) -> None:
     assert attack["agg_value"] == max(v["forget_Q_A_ROUGE"] for v in attack["value_by_attack"].values())
     summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
     assert "quantization_attack" in summary and "forget_Q_A_ROUGE" in summary  # OU's own metrics still run
+
+
+def test_over_refusal_through_ou_eval(run_ou, workspace) -> None:
+    out = workspace / "saves" / "eval" / "over_refusal"
+    run_ou(
+        "eval",
+        [
+            "experiment=eval/tofu/default",
+            "+eval/tofu_metrics=over_refusal",
+            "task_name=over_refusal",
+            *eval_overrides(workspace / "tiny"),
+            f"paths.output_dir={out}",
+        ],
+    )
+    result = json.loads((out / "TOFU_EVAL.json").read_text())["over_refusal"]
+    assert set(result["by_source"]) == {"real_authors", "world_facts"}
+    assert all(s["n"] > 0 for s in result["by_source"].values())
+    assert 0.0 <= result["agg_value"] <= 1.0  # a random tiny model rarely writes a refusal phrase; the rate is real

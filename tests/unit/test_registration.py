@@ -79,6 +79,7 @@ def test_config_tree_ships_with_the_package() -> None:
         "experiment/unlearn/muse/undo.yaml",
         "experiment/unlearn/wmdp/undo.yaml",
         "eval/tofu_metrics/quantization_attack.yaml",
+        "eval/tofu_metrics/over_refusal.yaml",
     ):
         assert (root / rel).is_file(), rel
 
