@@ -51,42 +51,35 @@ def test_quantization_attack_measures_copies_and_leaves_the_model_identical(ou_i
         quantization_attack.evaluate(tiny_model, "q", {}, pre_compute={"logit_drift": {}}, bitz=[4])
 
 
-def test_quantization_attack_through_ou_eval(run_ou, workspace) -> None:
-    out = workspace / "saves" / "eval" / "quant"
+def _ou_eval_with(run_ou, workspace, metric: str) -> tuple[dict, dict]:
+    """OU's eval.py (TOFU default suite + ``metric``) on the workspace model: its EVAL and SUMMARY logs."""
+    out = workspace / "saves" / "eval" / metric
     run_ou(
         "eval",
         [
             "experiment=eval/tofu/default",
-            "+eval/tofu_metrics=quantization_attack",
-            "task_name=quant",
+            f"+eval/tofu_metrics={metric}",
+            f"task_name={metric}",
             *eval_overrides(workspace / "tiny"),
             f"paths.output_dir={out}",
         ],
     )
-    logs = json.loads((out / "TOFU_EVAL.json").read_text())
+    return json.loads((out / "TOFU_EVAL.json").read_text()), json.loads((out / "TOFU_SUMMARY.json").read_text())
+
+
+def test_quantization_attack_through_ou_eval(run_ou, workspace) -> None:
+    logs, summary = _ou_eval_with(run_ou, workspace, "quantization_attack")
     attack = logs["quantization_attack"]
     assert set(attack["value_by_attack"]) == {"int8", "int4"}
     for variant in ("int8", "int4"):
         values = attack["value_by_attack"][variant]
         assert set(values) == {"forget_Q_A_ROUGE", "forget_Q_A_Prob"} and all(math.isfinite(v) for v in values.values())
     assert attack["agg_value"] == max(v["forget_Q_A_ROUGE"] for v in attack["value_by_attack"].values())
-    summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
     assert "quantization_attack" in summary and "forget_Q_A_ROUGE" in summary  # OU's own metrics still run
 
 
 def test_over_refusal_through_ou_eval(run_ou, workspace) -> None:
-    out = workspace / "saves" / "eval" / "over_refusal"
-    run_ou(
-        "eval",
-        [
-            "experiment=eval/tofu/default",
-            "+eval/tofu_metrics=over_refusal",
-            "task_name=over_refusal",
-            *eval_overrides(workspace / "tiny"),
-            f"paths.output_dir={out}",
-        ],
-    )
-    result = json.loads((out / "TOFU_EVAL.json").read_text())["over_refusal"]
+    result = _ou_eval_with(run_ou, workspace, "over_refusal")[0]["over_refusal"]
     assert set(result["by_source"]) == {"real_authors", "world_facts"}
     assert all(s["n"] > 0 for s in result["by_source"].values())
     assert 0.0 <= result["agg_value"] <= 1.0  # a random tiny model rarely writes a refusal phrase; the rate is real
