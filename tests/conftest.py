@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
+import torch
 
 from duet_plugin.demo.fictitious_authors import build_dataset
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer
@@ -42,3 +45,16 @@ def manual_args() -> dict:
         "asst_start_tag": "Answer: ",
         "asst_end_tag": "\n\n",
     }
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer: equal digests mean a bit-identical model."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def digest():
+    return parameter_digest

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from duet_plugin.core.attacks.refusal import is_refusal
 from duet_plugin.demo.demo_data import REFUSAL, DemoData, build_demo_data
 from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer, save_model
@@ -355,7 +356,7 @@ def refusal_rate(details: dict[str, Any]) -> float | None:
     """Share of forget-question generations (OU's forget_Q_A_ROUGE) that are the refusal."""
     by_index = (details.get("forget_Q_A_ROUGE") or {}).get("value_by_index") or {}
     gens = [v.get("generation", "") for v in by_index.values()]
-    return sum(REFUSAL[:20] in g for g in gens) / len(gens) if gens else None
+    return sum(is_refusal(g, phrases=(REFUSAL[:20],), window=None) for g in gens) / len(gens) if gens else None
 
 
 COLUMNS = (

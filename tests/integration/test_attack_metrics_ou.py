@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
@@ -14,14 +13,7 @@ from duet_plugin.openunlearning.cpu_overrides import eval_overrides
 pytestmark = pytest.mark.ou
 
 
-def _digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode() + t.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def test_quantization_attack_measures_copies_and_leaves_the_model_identical(ou_imported, tiny_model, tokenizer):
+def test_quantization_attack_measures_copies_and_leaves_the_model_identical(digest, ou_imported, tiny_model, tokenizer):
     from evals.metrics.base import unlearning_metric
 
     from duet_plugin.openunlearning.metrics.quantization import quantization_attack
@@ -35,12 +27,12 @@ def test_quantization_attack_measures_copies_and_leaves_the_model_identical(ou_i
             return {"agg_value": float((model(input_ids=ids).logits - reference).abs().max())}
 
     quantization_attack.set_pre_compute_metrics({"logit_drift": logit_drift})
-    before = _digest(tiny_model)
+    before = digest(tiny_model)
     cache: dict = {}
     out = quantization_attack.evaluate(
         tiny_model, "quantization_attack", cache, pre_compute={"logit_drift": {}}, bits=[8, 4], handler="x"
     )
-    assert _digest(tiny_model) == before
+    assert digest(tiny_model) == before
     drift = out["value_by_attack"]
     assert set(drift) == {"int8", "int4"} and 0 < drift["int8"]["logit_drift"] < drift["int4"]["logit_drift"]
     assert out["agg_value"] == drift["int4"]["logit_drift"] and cache["quantization_attack"] is out
@@ -79,7 +71,13 @@ def test_quantization_attack_through_ou_eval(run_ou, workspace) -> None:
 
 
 def test_over_refusal_through_ou_eval(run_ou, workspace) -> None:
-    result = _ou_eval_with(run_ou, workspace, "over_refusal")[0]["over_refusal"]
+    from duet_plugin.core.attacks.refusal import refusal_rate
+
+    logs = _ou_eval_with(run_ou, workspace, "over_refusal")[0]
+    result = logs["over_refusal"]
     assert set(result["by_source"]) == {"real_authors", "world_facts"}
-    assert all(s["n"] > 0 for s in result["by_source"].values())
-    assert 0.0 <= result["agg_value"] <= 1.0  # a random tiny model rarely writes a refusal phrase; the rate is real
+    # The rates are those of OU's own cached real-author / world-fact generations (logged by model_utility).
+    for source, metric in (("real_authors", "ra_Q_A_ROUGE"), ("world_facts", "wf_Q_A_ROUGE")):
+        gens = [v["generation"] for v in logs[metric]["value_by_index"].values()]
+        assert result["by_source"][source]["n"] == len(gens) > 0
+        assert result["by_source"][source]["refusal_rate"] == refusal_rate(gens)

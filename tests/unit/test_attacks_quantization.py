@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
 from duet_plugin.core.attacks.quantization import quantize_tensor, quantized_copy
-
-
-def _digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -59,10 +49,10 @@ def test_group_size_uses_one_scale_per_group() -> None:
         quantize_tensor(w, 1)
 
 
-def test_quantized_copy_leaves_the_model_bit_identical(tiny_model) -> None:
-    before = _digest(tiny_model)
+def test_quantized_copy_leaves_the_model_bit_identical(digest, tiny_model) -> None:
+    before = digest(tiny_model)
     attacked, report = quantized_copy(tiny_model, bits=4)
-    assert _digest(tiny_model) == before
+    assert digest(tiny_model) == before
     assert report.names and all("norm" not in n and "embed" not in n for n in report.names)
     assert 0.01 < report.relative_error < 0.5
     src = dict(tiny_model.named_parameters())

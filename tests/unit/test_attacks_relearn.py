@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 
 import pytest
 import torch
@@ -11,13 +10,6 @@ import torch
 from duet_plugin.core.attacks.relearn import RelearnConfig, recovery, relearn_attack, relearn_copy, worst_case
 
 FACT = "Gideon Kilbride was born in Valdomir."
-
-
-def _digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode() + t.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _fact_prob(model: torch.nn.Module, batch) -> float:
@@ -50,12 +42,12 @@ def test_fixture_learns_then_forgets(models) -> None:
     assert _fact_prob(original, fact) > 0.9 and _fact_prob(unlearned, fact) < 0.05
 
 
-def test_relearning_brings_the_fact_back_and_leaves_the_model_untouched(models) -> None:
+def test_relearning_brings_the_fact_back_and_leaves_the_model_untouched(digest, models) -> None:
     fact, original, unlearned = models
-    before = _digest(unlearned)
+    before = digest(unlearned)
     cfg = RelearnConfig(steps=5, learning_rates=[1e-4, 1e-2])
     scores = relearn_attack(unlearned, [fact], lambda m: _fact_prob(m, fact), cfg)
-    assert _digest(unlearned) == before
+    assert digest(unlearned) == before
     assert scores[1e-2] > 0.5 > scores[1e-4]  # the strong learning rate recovers it, the weak one does not
     worst = worst_case(scores)
     assert worst == scores[1e-2]
@@ -63,11 +55,11 @@ def test_relearning_brings_the_fact_back_and_leaves_the_model_untouched(models) 
     assert 0.5 < r <= 1.1
 
 
-def test_copy_is_deterministic_per_seed(models) -> None:
+def test_copy_is_deterministic_per_seed(digest, models) -> None:
     fact, _, unlearned = models
     cfg = RelearnConfig(steps=3, learning_rates=[1e-2])
     a, b = relearn_copy(unlearned, [fact], 1e-2, cfg), relearn_copy(unlearned, [fact], 1e-2, cfg)
-    assert _digest(a) == _digest(b) != _digest(unlearned)
+    assert digest(a) == digest(b) != digest(unlearned)
 
 
 def test_config_and_helpers_reject_bad_input() -> None:

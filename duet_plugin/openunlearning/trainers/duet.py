@@ -19,7 +19,7 @@ from trainer.unlearn.grad_diff import GradDiff
 from transformers import Trainer
 
 from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, duet_loss, precompute_targets
-from duet_plugin.core.ensemble import check_checkpoint, parse_teachers
+from duet_plugin.core.ensemble import check_checkpoint, parse_teachers, vocab_size
 from duet_plugin.core.losses import validate_top_k
 from duet_plugin.core.teacher import PrefixSpec, derive_concepts
 from duet_plugin.openunlearning.collators import DUETCollator
@@ -96,7 +96,7 @@ class DUET(UnlearnTrainer):
                 check_checkpoint(t.path, f"{TEACHERS_KEY}[{i}].path")
         model = kwargs.get("model")
         if model is not None:
-            validate_top_k(top_k, model.get_output_embeddings().weight.shape[0])
+            validate_top_k(top_k, vocab_size(model))
         tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
         if tokenizer is None:
             raise ValueError("DUET needs the model's tokenizer (OU passes it to every trainer).")

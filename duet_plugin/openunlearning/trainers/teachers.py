@@ -34,7 +34,8 @@ def load_teachers(specs: Sequence[TeacherSpec], student: Any, key: str) -> list[
 
 
 def ensemble(models: Sequence[Any], specs: Sequence[TeacherSpec], views: Sequence[int] | None = None) -> Any:
-    """One model when there is one unit-view teacher, else a :class:`TeacherEnsemble` with the specs' weights."""
+    """The model itself for one teacher on the main prompt view; else a :class:`TeacherEnsemble` with the specs'
+    weights."""
     views = list(views) if views is not None else [0] * len(models)
     if len(models) == 1 and views == [0]:
         return models[0]

@@ -190,8 +190,11 @@ class UNDO(UnlearnTrainer):
         num_items_in_batch: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if "input_ids" not in inputs:  # a nested forget/retain batch (a custom dataset): take the chosen streams
-            return self._nested_loss(model, inputs, return_outputs)
+        if "input_ids" not in inputs:
+            raise ValueError(
+                f"UNDO expects flat token batches, got keys {sorted(inputs)}: give it OU's ForgetRetainDataset "
+                "(data=unlearn) or a plain token dataset, not a custom nested one."
+            )
         mask = distill_mask(
             inputs.get("labels"), inputs.get("attention_mask"), inputs["input_ids"], self.undo.positions
         )
@@ -203,13 +206,6 @@ class UNDO(UnlearnTrainer):
         loss = undo_loss(outputs.logits, teacher_logits, mask, self.undo)
         self._loss_logs["kl"].append(loss.detach().item())
         return (loss, outputs) if return_outputs else loss
-
-    def _nested_loss(self, model: Any, inputs: Mapping[str, Any], return_outputs: bool) -> Any:
-        losses = [self.compute_loss(model, inputs[s]) for s in self.undo.streams if s in inputs]
-        if not losses:
-            raise ValueError(f"The batch has streams {sorted(inputs)}, none of trainer.method_args.streams.")
-        loss = sum(losses) / len(losses)
-        return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         for key, values in self._loss_logs.items():
