@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ SPLITS = {
     "forget05": ("retain95", "holdout05"),
     "forget10": ("retain90", "holdout10"),
 }
+#: OU baselines the demo scripts can run (``Demo.unlearn``), by lower-case name.
+OU_TRAINERS = {"graddiff": "GradDiff", "npo": "NPO", "gradascent": "GradAscent", "simnpo": "SimNPO"}
 _PROGRESS = re.compile(r"(\d+)%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
@@ -297,27 +300,36 @@ class Demo:
         return self.workdir / "saves" / "finetune" / config
 
     def evaluate(
-        self, name: str, model: Path, output_dir: Path, retain_logs: Path | None, cwd: Path | None = None
+        self,
+        name: str,
+        model: Path,
+        output_dir: Path,
+        retain_logs: Path | None,
+        cwd: Path | None = None,
+        experiment: str = "eval/tofu/default",
+        extra: Sequence[str] = (),
     ) -> Path:
         n = self.settings.eval_max_new_tokens
         rouge = ["eval.tofu.metrics.forget_Q_A_ROUGE"] + [
             f"eval.tofu.metrics.model_utility.pre_compute.{k}_Q_A_ROUGE" for k in ("retain", "ra", "wf")
         ]
         args = [
-            "experiment=eval/tofu/default",
+            f"experiment={experiment}",
             f"task_name={name}",
             *eval_overrides(model),
             *self._common(),
             f"paths.output_dir={output_dir}",
             "eval.tofu.overwrite=true",  # OU would otherwise reuse the metrics of an earlier run in that folder
             *(f"{m}.generation_args.max_new_tokens={n}" for m in rouge),
+            *extra,
         ]
         if retain_logs is not None:
             args.append(f"retain_logs_path={retain_logs}")
         self.ou(name, "eval", args, cwd=cwd)
         return output_dir / "TOFU_EVAL.json"
 
-    def unlearn(self, method: str, model: Path, data: DemoData) -> Path:
+    def unlearn(self, method: str, model: Path, data: DemoData | None = None) -> Path:
+        """Unlearn the forget split from ``model`` with DUET (needs the demo ``data``) or an OU baseline."""
         s = self.settings
         common = [
             f"task_name=demo_{method}",
@@ -331,6 +343,8 @@ class Demo:
             f"trainer.args.seed={s.seed}",
         ]
         if method == "duet":
+            if data is None:
+                raise ValueError("DUET's demo run needs the demo data (its forget authors name the prefix).")
             concepts = ",".join(json.dumps(a) for a in data.forget_authors)
             args = [
                 "experiment=unlearn/tofu/duet",
@@ -340,8 +354,10 @@ class Demo:
                 f"trainer.method_args.prefix.concepts=[{concepts}]",
                 *s.extra_duet_overrides,
             ]
+        elif method in OU_TRAINERS:
+            args = ["experiment=unlearn/tofu/default", f"trainer={OU_TRAINERS[method]}", *common]
         else:
-            args = ["experiment=unlearn/tofu/default", "trainer=GradDiff", *common]
+            raise ValueError(f"Unknown demo unlearning method {method!r}; use duet or one of {sorted(OU_TRAINERS)}.")
         self.ou(f"unlearn_{method}", "train", ["--config-name=unlearn.yaml", *args])
         return self.workdir / "saves" / "unlearn" / f"demo_{method}"
 

@@ -112,3 +112,33 @@ def test_trainer_undo_composes_with_ou_default_experiment(ou_imported) -> None:
     cfg = _compose(ou_imported, "unlearn.yaml", ["experiment=unlearn/tofu/default", "trainer=UNDO"])
     assert cfg.trainer.handler == "UNDO" and cfg.trainer.method_args.teacher is None
     assert "gamma" not in cfg.trainer.method_args
+
+
+ROBUSTNESS = [
+    "relearn_attack",
+    "prompt_attack",
+    "prefill_attack",
+    "quantization_attack",
+    "over_refusal",
+    "performance_shift",
+]
+
+
+@pytest.mark.parametrize(("benchmark", "defaults"), [("tofu", "forget_Q_A_ROUGE"), ("muse", "forget_knowmem_ROUGE")])
+def test_robustness_experiments_add_the_suite_to_ous_metrics(ou_imported, benchmark, defaults) -> None:
+    cfg = _compose(ou_imported, "eval.yaml", [f"experiment=eval/{benchmark}/robustness", "original_logs_path=/o.json"])
+    metrics = _resolved(cfg, f"eval.{benchmark}.metrics")  # every interpolation resolves
+    assert defaults in metrics and list(metrics)[-len(ROBUSTNESS) :] == ROBUSTNESS  # OU's suite first, then ours
+    assert metrics["relearn_attack"]["original_logs_path"] == "/o.json"
+    assert metrics["performance_shift"]["original_logs_path"] == "/o.json"
+    from evals.metrics import METRICS_REGISTRY
+
+    assert all(metrics[m]["handler"] in METRICS_REGISTRY for m in ROBUSTNESS)
+
+
+@pytest.mark.parametrize("metric", ROBUSTNESS)
+@pytest.mark.parametrize("benchmark", ["tofu", "muse"])
+def test_each_robustness_metric_is_one_override_away(ou_imported, benchmark, metric) -> None:
+    overrides = [f"experiment=eval/{benchmark}/default", f"+eval/{benchmark}_metrics={metric}"]
+    cfg = _compose(ou_imported, "eval.yaml", overrides)
+    assert _resolved(cfg, f"eval.{benchmark}.metrics.{metric}.handler") == metric

@@ -6,8 +6,11 @@ the metric scores the continuation against the rest of the answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from duet_plugin.core.teacher import PromptRenderer
 
@@ -38,3 +41,38 @@ def prefilled_prompt(
     k = min(k, len(answer_tokens) - 1)
     prompt = renderer.prompt_ids(question, prefix)
     return PrefilledPrompt(prompt + answer_tokens[:k], answer_tokens[:k], answer_tokens[k:])
+
+
+IGNORE_INDEX = -100
+
+
+def prefill_tokenized(
+    input_ids: Sequence[int] | torch.Tensor,
+    labels: Sequence[int] | torch.Tensor,
+    k: int,
+    for_generation: bool = False,
+    eos_token_id: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Turn a tokenized QA item (full conversation, answer tokens labelled) into its prefill-attack item.
+
+    The first ``k`` answer tokens move from the target into the prompt (label ``-100``); at least one answer token
+    other than a final ``eos_token_id`` stays a target. ``for_generation``: ``input_ids`` end after the prefill
+    (OU's ``predict_with_generate`` layout, labels still span the whole sequence); else the full sequence.
+    """
+    if k < 0:
+        raise ValueError(f"prefill length must be >= 0, got {k}.")
+    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    lab = torch.as_tensor(labels, dtype=torch.long).clone()
+    if ids.shape != lab.shape or ids.ndim != 1:
+        raise ValueError(f"input_ids {tuple(ids.shape)} and labels {tuple(lab.shape)} must be equal 1-D sequences.")
+    answer = (lab != IGNORE_INDEX).nonzero().flatten()
+    if answer.numel() == 0:
+        raise ValueError("The item has no answer tokens (every label is -100); nothing to prefill.")
+    start, n = int(answer[0]), answer.numel()
+    if eos_token_id is not None and int(lab[answer[-1]]) == eos_token_id:
+        n -= 1
+    k = max(0, min(k, n - 1))
+    lab[start : start + k] = IGNORE_INDEX
+    if for_generation:
+        ids = ids[: start + k]
+    return {"input_ids": ids, "labels": lab, "attention_mask": torch.ones_like(ids), "prefill_tokens": k}

@@ -20,6 +20,7 @@ class QuantizationAttack(AttackMetric):
     def attacked_models(
         self,
         model: Any,
+        shared: Mapping[str, Any],
         bits: Sequence[int] = (8, 4),
         group_size: int | None = None,
         include: Sequence[str] | None = None,
@@ -31,6 +32,7 @@ class QuantizationAttack(AttackMetric):
             )
             info = {"relative_weight_error": report.relative_error, "quantized_tensors": len(report.names)}
             yield f"int{b}", attacked, info
+            del attacked  # one copy alive at a time
 
 
 quantization_attack = QuantizationAttack("quantization_attack")
