@@ -22,22 +22,39 @@ class RegistrationError(RuntimeError):
 
 # (OU module, registry attribute, what the plugin puts there)
 def _components() -> list[tuple[str, str, dict[str, Any]]]:
+    from duet_plugin.openunlearning.attack_datasets import AttackQADataset
     from duet_plugin.openunlearning.collators import DUETCollator
     from duet_plugin.openunlearning.datasets import UnifiedQueryDataset
+    from duet_plugin.openunlearning.evaluators.robust_lm_eval import RobustLMEvalEvaluator
     from duet_plugin.openunlearning.metrics.over_refusal import over_refusal
+    from duet_plugin.openunlearning.metrics.performance_shift import performance_shift_metric
+    from duet_plugin.openunlearning.metrics.prefill import prefill_attack
+    from duet_plugin.openunlearning.metrics.prompt import prompt_attack
     from duet_plugin.openunlearning.metrics.quantization import quantization_attack
+    from duet_plugin.openunlearning.metrics.relearn import relearn_attack
     from duet_plugin.openunlearning.trainers.duet import DUET
     from duet_plugin.openunlearning.trainers.undo import UNDO
 
     return [
         ("trainer", "TRAINER_REGISTRY", {"DUET": DUET, "UNDO": UNDO}),
-        ("data", "DATASET_REGISTRY", {"UnifiedQueryDataset": UnifiedQueryDataset}),
+        ("data", "DATASET_REGISTRY", {"UnifiedQueryDataset": UnifiedQueryDataset, "AttackQADataset": AttackQADataset}),
         ("data", "COLLATOR_REGISTRY", {"DUETCollator": DUETCollator}),
         (
             "evals.metrics",
             "METRICS_REGISTRY",
-            {"quantization_attack": quantization_attack, "over_refusal": over_refusal},
+            {
+                m.name: m
+                for m in (
+                    relearn_attack,
+                    prompt_attack,
+                    prefill_attack,
+                    quantization_attack,
+                    over_refusal,
+                    performance_shift_metric,
+                )
+            },
         ),
+        ("evals", "EVALUATOR_REGISTRY", {"RobustLMEvalEvaluator": RobustLMEvalEvaluator}),
     ]
 
 

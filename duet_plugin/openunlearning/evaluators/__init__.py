@@ -1,0 +1,1 @@
+"""The plugin's OU evaluators, registered in OU's ``EVALUATOR_REGISTRY``."""
