@@ -1,10 +1,31 @@
-"""The ``duet-plugin`` command: ``train`` / ``eval`` (OU's scripts with the plugin), ``doctor``, ``demo``."""
+"""The ``duet-plugin`` command: ``train`` / ``eval`` (OU's scripts with the plugin), ``doctor``, ``demo``,
+``convert`` (any data source -> unified-record JSONL)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from duet_plugin.core.unified import STREAMS
+
+CONVERT_FORMATS = ("tofu", "qa", "mcq", "muse", "wmdp", "unified")
+_CONVERT_HELP = """Write unified-record JSONL from a data source.
+
+formats: tofu (TOFU QA: question/answer rows), qa (plain QA JSON/JSONL), mcq (question, choices, answer index;
+prompt = question with lettered choices, response = the correct choice's text), muse (MUSE raw text: rows with
+"text", or a muse-bench/MUSE-News-style folder), wmdp (WMDP corpora JSONL: objects with "text", JSON strings or
+plain text lines), unified (unified records: checked and rewritten; rows without a stream get --stream).
+INPUT is a file or a Hub-style dataset folder (--config/--split pick the file).
+
+Raw text (muse, wmdp) becomes queries by a builder: template (seeded; --template continuation|cloze|question) or
+llm (a local Hugging Face causal LM at --model writes --questions questions per passage).
+
+OUT is never overwritten unless --overwrite. The exception is --builder llm: it writes OUT as it goes and keeps
+its progress in OUT.progress, so rerunning the same command without --overwrite resumes where it stopped
+(--overwrite starts over). Bad input exits with code 2 and a one-line message naming the file and line.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,7 +40,127 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ou-root", help="OpenUnlearning checkout (default: $OU_ROOT, then the current directory)")
     demo.add_argument("--workdir", default="duet_demo", help="folder for data, models, logs (default: ./duet_demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --workdir")
+    _add_convert(sub)
     return parser
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="write unified-record JSONL from TOFU, QA, MCQ, MUSE, WMDP or unified data",
+        description=_CONVERT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("format", choices=CONVERT_FORMATS, help="what INPUT holds")
+    p.add_argument("input", metavar="INPUT", help="a data file, or a dataset folder (see --config/--split)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the unified JSONL to write")
+    p.add_argument("--stream", choices=STREAMS, help="the records' stream (required except for unified)")
+    p.add_argument("--config", help="dataset folder: config (TOFU forget10, MUSE raw, WMDP cyber)")
+    p.add_argument("--split", help="dataset folder: split (TOFU train, MUSE forget, WMDP forget)")
+    p.add_argument("--question-key", default="question", help="tofu/qa/mcq: the question field (default: question)")
+    p.add_argument("--answer-key", default="answer", help="tofu/qa/mcq: the answer field (default: answer)")
+    p.add_argument("--builder", choices=("template", "llm"), default="template", help="muse/wmdp: query builder")
+    p.add_argument(
+        "--template", choices=("continuation", "cloze", "question"), default="continuation", help="template mode"
+    )
+    p.add_argument("--head-words", type=int, default=8, help="template: words shown by continuation (default: 8)")
+    p.add_argument("--model", help="llm: a local Hugging Face causal LM folder")
+    p.add_argument("--questions", type=int, default=3, help="llm: questions per passage (default: 3)")
+    p.add_argument("--batch-size", type=int, default=8, help="llm: passages per generate call (default: 8)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="llm: tokens generated per passage")
+    p.add_argument("--passage-words", type=int, default=200, help="llm: words per passage (default: 200)")
+    p.add_argument(
+        "--max-records", type=int, help="at most N records (QA/MCQ: the first N; template: N seeded sentences)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="template: sampling and span seed (default: 0)")
+    p.add_argument(
+        "--prefill-words",
+        type=int,
+        default=0,
+        metavar="K",
+        help="tofu/qa/mcq with --stream adversarial: prefill = the answer's first K words, response = the rest",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (llm: start over instead of resuming)")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Run ``duet-plugin convert``; prints one line and returns the exit code."""
+    from duet_plugin.core import converters, query_builders
+    from duet_plugin.core.unified import DataFormatError, read_records, write_records
+
+    raw_text = args.format in ("muse", "wmdp")
+    try:
+        if args.stream is None and args.format != "unified":
+            raise ValueError(f"--stream is required for {args.format}; one of {', '.join(STREAMS)}.")
+        if args.builder == "llm" and not raw_text:
+            raise ValueError("--builder llm applies to muse and wmdp text only.")
+        if args.prefill_words and args.format not in ("tofu", "qa", "mcq"):
+            raise ValueError("--prefill-words applies to tofu, qa and mcq.")
+        if args.max_records is not None and args.max_records < 1:
+            raise ValueError("--max-records must be at least 1.")
+        out = Path(args.output)
+        if out.exists() and not args.overwrite and args.builder != "llm":
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
+        common = {"stream": args.stream, "prefill_words": args.prefill_words, "max_records": args.max_records}
+        keys = {"question_key": args.question_key, "answer_key": args.answer_key}
+        folder = {"config": args.config, "split": args.split}
+        if args.format == "tofu":
+            folder["split"] = args.split or "train"
+            records = converters.convert_qa(
+                args.input, source=converters.SOURCE_LABELS["tofu"], **keys, **common, **folder
+            )
+        elif args.format == "qa":
+            records = converters.convert_qa(args.input, **keys, **common, **folder)
+        elif args.format == "mcq":
+            records = converters.convert_mcq(args.input, **keys, **common, **folder)
+        elif args.format == "unified":
+            records = read_records(args.input, default_stream=args.stream)[: args.max_records]
+        else:
+            read = converters.read_muse_texts if args.format == "muse" else converters.read_wmdp_texts
+            if args.format == "muse":
+                folder = {"config": args.config or "raw", "split": args.split or "forget"}
+            texts = read(args.input, **folder)
+            source = converters.SOURCE_LABELS[args.format]
+            if args.builder == "llm":
+                return _convert_llm(args, texts, source)
+            records = query_builders.template_queries(
+                texts,
+                mode=args.template,
+                stream=args.stream,
+                source=source,
+                head_words=args.head_words,
+                max_records=args.max_records,
+                seed=args.seed,
+            )
+            if not records:
+                what = f"no sentence of at least {args.head_words + 2} words the {args.template} template can query"
+                raise DataFormatError(args.input, what)
+        write_records(out, records, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:  # OSError: missing/existing files, a model folder that does not load
+        print(f"duet-plugin convert: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(records)} {args.format} records to {out}")
+    return 0
+
+
+def _convert_llm(args: argparse.Namespace, texts: list[str], source: str) -> int:
+    """The LLM-assisted builder: writes (and resumes) ``args.output`` as it goes."""
+    from duet_plugin.core.query_builders import LLMQueryBuilder, split_passages
+    from duet_plugin.core.unified import DataFormatError
+
+    if not args.model:
+        raise ValueError("--builder llm needs --model (a local Hugging Face causal LM folder).")
+    builder = LLMQueryBuilder(
+        args.model, n_questions=args.questions, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+    )
+    passages = split_passages(texts, max_words=args.passage_words)
+    records = builder.build(
+        passages, args.output, stream=args.stream, source=source, max_records=args.max_records, overwrite=args.overwrite
+    )
+    if not records:
+        raise DataFormatError(args.input, f"the model wrote no parsable questions ({args.output} is empty)")
+    print(f"wrote {len(records)} {args.format} records to {args.output} (llm builder, {len(passages)} passages)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks = diagnose(args.ou_root)
         print(report(checks))
         return 1 if any(c.status == "fail" for c in checks) else 0
+    if args.command == "convert":
+        return _convert(args)
     if args.command == "demo":
         from duet_plugin.demo.pipeline import Demo, DemoStepFailed
         from duet_plugin.openunlearning.launcher import OURootNotFound

@@ -1,4 +1,4 @@
-"""The unified record, its converters (TOFU QA, raw text) and JSON/JSONL I/O."""
+"""The unified record, its in-memory converters (TOFU QA rows, raw text) and JSON/JSONL I/O."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import pytest
 
 from duet_plugin.core.unified import (
+    DataFormatError,
     UnifiedRecord,
+    read_json_rows,
     read_records,
     records_from_qa,
     records_from_text,
@@ -82,3 +84,49 @@ def test_jsonl_round_trip_and_no_silent_overwrite(tmp_path) -> None:
     assert read_records(tmp_path / "u.json") == records
     with pytest.raises(FileNotFoundError):
         read_records(tmp_path / "missing.jsonl")
+
+
+def test_read_records_errors_name_file_and_line(tmp_path) -> None:
+    path = tmp_path / "u.jsonl"
+    path.write_text('{"prompt": "Q1?"}\n\n{"prompt": "Q2?", "answer": "A"}\n')
+    with pytest.raises(DataFormatError, match=r"u\.jsonl:3: Unknown field\(s\) \['answer'\]"):
+        read_records(path)
+    path.write_text('{"prompt": "Q1?"}\n{"prompt": "Q2?", "stream": "nope"}\n')
+    with pytest.raises(DataFormatError, match=r"u\.jsonl:2: Unknown stream 'nope'"):
+        read_records(path)
+    path.write_text('{"prompt": "Q1?"}\n["Q2?"]\n')
+    with pytest.raises(DataFormatError, match=r"u\.jsonl:2: a unified record must be a JSON object"):
+        read_records(path)
+    path.write_text('{"prompt": "Q1?", "response": 3}\n')
+    with pytest.raises(DataFormatError, match=r"u\.jsonl:1: .*'response' must be a string"):
+        read_records(path)
+    path.write_text("\n")
+    with pytest.raises(DataFormatError, match=r"u\.jsonl: no unified records"):
+        read_records(path)
+
+
+def test_read_records_default_stream(tmp_path) -> None:
+    path = tmp_path / "u.jsonl"
+    path.write_text('{"prompt": "Q1?"}\n{"prompt": "Q2?", "stream": "retain"}\n')
+    assert [r.stream for r in read_records(path)] == ["forget", "retain"]
+    assert [r.stream for r in read_records(path, default_stream="boundary")] == ["boundary", "retain"]
+    assert read_records(path, stream="adversarial") == []  # a missing stream is the caller's concern
+
+
+def test_read_json_rows_lines_and_formats(tmp_path) -> None:
+    array = tmp_path / "a.json"
+    array.write_text('[\n  {"a": 1},\n\n  "two", 3\n]\n')
+    assert list(read_json_rows(array)) == [(2, {"a": 1}), (4, "two"), (4, 3)]
+    text = tmp_path / "t.txt"
+    text.write_text("plain line\n\n{not json}\n")
+    assert list(read_json_rows(text, allow_text_lines=True)) == [(1, "plain line"), (3, "{not json}")]
+    with pytest.raises(DataFormatError, match=r"t\.txt:1: not valid JSON"):
+        list(read_json_rows(text))
+    trailing = tmp_path / "x.json"
+    trailing.write_text('[{"a": 1}]\n{"b": 2}\n')
+    with pytest.raises(DataFormatError, match=r"x\.json:2: extra data"):
+        list(read_json_rows(trailing))
+    binary = tmp_path / "b.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(DataFormatError, match=r"b\.jsonl: not UTF-8"):
+        list(read_json_rows(binary))
