@@ -3,6 +3,10 @@
 DUET (Zhong et al., ICLR 2026, Eq. 3) matches the student's raw logits to the prompt-steered teacher's at the
 teacher's top-K vocabulary indices, with a Huber loss, summed over the K indices. ``mse`` and ``kl`` (softmax over
 the K logits plus one bucket for the rest of the vocabulary) are the alternatives.
+
+Bidirectional distillation adds the *push* direction: the same distances at the **student's** top-K indices, towards
+the teacher's values there (suppressing what the student ranks high and the steered teacher does not), and the BiLD
+distance (Li et al., COLING 2025): KL between the softmaxes of the pairwise logit differences over the K indices.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 DISTANCES = ("huber", "mse", "kl")
+#: Distances of bidirectional distillation: DUET's plus BiLD's pairwise logit differences.
+BIDIRECTIONAL_DISTANCES = (*DISTANCES, "bild")
 
 
 @dataclass
@@ -42,9 +48,9 @@ def validate_top_k(top_k: int, vocab_size: int) -> None:
         )
 
 
-def validate_distance(distance: str) -> None:
-    if distance not in DISTANCES:
-        raise ValueError(f"Unknown distance {distance!r}; trainer.method_args.distance must be one of {DISTANCES}.")
+def validate_distance(distance: str, allowed: tuple[str, ...] = DISTANCES) -> None:
+    if distance not in allowed:
+        raise ValueError(f"Unknown distance {distance!r}; trainer.method_args.distance must be one of {allowed}.")
 
 
 def select_topk(teacher_logits: torch.Tensor, top_k: int) -> TopKTargets:
@@ -129,3 +135,78 @@ def forward_kl_loss(
         return student_logits.sum() * 0.0
     log_p = t.log_softmax(dim=-1)
     return (log_p.exp() * (log_p - s.log_softmax(dim=-1))).sum(dim=-1).mean()
+
+
+def teacher_values_at(targets: TopKTargets, indices: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits at arbitrary vocabulary ``indices [N, k]`` from stored top-K' targets.
+
+    Exact where the index is among the stored K' (all of them when K' is the vocabulary size); elsewhere the
+    smallest stored value, an upper bound on the true logit (so the push term then pushes less than it would
+    with the full teacher logits). The vocabulary size is taken from ``indices``' largest possible id.
+    """
+    fill = targets.values.float().min(dim=-1, keepdim=True).values
+    width = int(max(int(indices.max()), int(targets.indices.max()))) + 1
+    dense = fill.expand(-1, width).clone().scatter_(-1, targets.indices, targets.values.float())
+    return dense.gather(-1, indices)
+
+
+def pairwise_differences(values: torch.Tensor) -> torch.Tensor:
+    """``[N, k] -> [N, k(k-1)/2]``: ``v_i - v_j`` for every ``i < j`` (BiLD's logit differences)."""
+    i, j = torch.triu_indices(values.shape[-1], values.shape[-1], offset=1, device=values.device)
+    return values[..., i] - values[..., j]
+
+
+def bild_divergence(
+    student_values: torch.Tensor, teacher_values: torch.Tensor, temperature: float = 3.0
+) -> torch.Tensor:
+    """Per-position ``KL(softmax(d(t/T)) || softmax(d(s/T)))`` over the pairwise differences ``d`` (BiLD, ``[N]``)."""
+    if temperature <= 0:
+        raise ValueError(f"BiLD temperature must be positive, got {temperature}.")
+    if student_values.shape[-1] < 2:
+        raise ValueError("BiLD needs at least 2 indices per position (top_k >= 2).")
+    log_q = pairwise_differences(student_values.float() / temperature).log_softmax(dim=-1)
+    log_p = pairwise_differences(teacher_values.detach().float() / temperature).log_softmax(dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def _reduce(per_position: torch.Tensor, student_logits: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_position
+    if reduction != "mean":
+        raise ValueError(f"Unknown reduction {reduction!r}; use 'mean' or 'none'.")
+    return per_position.mean() if per_position.numel() else student_logits.sum() * 0.0
+
+
+def directed_loss(
+    student_logits: torch.Tensor,
+    targets: TopKTargets,
+    direction: str,
+    top_k: int,
+    distance: str = "huber",
+    huber_delta: float = 1.0,
+    bild_temperature: float = 3.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """One direction of bidirectional top-K distillation at N aligned positions.
+
+    ``pull``: the teacher's top ``top_k`` indices, student -> teacher (DUET's term). ``push``: the student's top
+    ``top_k`` indices (chosen without gradient), the student's logits there -> the teacher's
+    (:func:`teacher_values_at`). ``targets`` holds the teacher's top-K' (K' >= top_k) ids, values and log-normalizer.
+    """
+    validate_distance(distance, BIDIRECTIONAL_DISTANCES)
+    if direction not in ("pull", "push"):
+        raise ValueError(f"direction must be 'pull' or 'push', got {direction!r}.")
+    if student_logits.shape[0] != len(targets):
+        raise ValueError(f"{student_logits.shape[0]} student positions but {len(targets)} teacher targets.")
+    validate_top_k(top_k, student_logits.shape[-1])
+    if direction == "pull":
+        if top_k > targets.indices.shape[-1]:
+            raise ValueError(f"pull top_k={top_k} exceeds the {targets.indices.shape[-1]} stored teacher indices.")
+        led = TopKTargets(targets.indices[:, :top_k], targets.values[:, :top_k], targets.logsumexp)
+    else:
+        idx = student_logits.detach().topk(top_k, dim=-1).indices
+        led = TopKTargets(idx, teacher_values_at(targets.to(idx.device), idx), targets.logsumexp)
+    if distance in DISTANCES:
+        return topk_distillation_loss(student_logits, led, distance, huber_delta, reduction)
+    s = student_logits.float().gather(-1, led.indices)
+    return _reduce(bild_divergence(s, led.values.to(s.device), bild_temperature), student_logits, reduction)
