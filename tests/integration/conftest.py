@@ -1,9 +1,10 @@
 """Integration fixtures: a real OpenUnlearning checkout (``$OU_ROOT``) and a local workspace.
 
 The workspace holds everything OU would fetch from the Hub, made here: a tiny Llama with a ChatML tokenizer,
-the project's fictitious-author dataset laid out as ``locuslab/TOFU``, a MUSE-style raw-text dataset as
-``muse-bench/MUSE-News`` and WMDP-style corpora under ``data/wmdp/wmdp-corpora``. OU's scripts run with the
-workspace as cwd, so its relative paths and ``load_dataset`` calls resolve there.
+the project's fictitious-author dataset laid out as ``locuslab/TOFU``, a MUSE-style dataset as
+``muse-bench/MUSE-News`` (raw, knowmem, verbmem, privleak) and WMDP-style corpora under
+``data/wmdp/wmdp-corpora``. OU's scripts run with the workspace as cwd, so its relative paths and
+``load_dataset`` calls resolve there.
 """
 
 from __future__ import annotations
@@ -48,14 +49,41 @@ def ou_imported(ou_root: Path) -> Path:
     return ou_root
 
 
-def _write_text_dataset(root: Path, repo: str, config: str, splits: dict[str, list[str]]) -> None:
+def _write_hub_dataset(root: Path, repo: str, configs: dict[str, dict[str, list[dict]]]) -> None:
+    """A local Hub-style dataset folder: one JSON file per (config, split) and a card naming them all."""
     folder = root / repo
     folder.mkdir(parents=True, exist_ok=True)
-    card = ["---", "configs:", f"- config_name: {config}", "  data_files:"]
-    for split, texts in splits.items():
-        (folder / f"{config}_{split}.json").write_text(json.dumps([{"text": t} for t in texts]))
-        card += [f"  - split: {split}", f"    path: {config}_{split}.json"]
+    card = ["---", "configs:"]
+    for config, splits in configs.items():
+        card += [f"- config_name: {config}", "  data_files:"]
+        for split, rows in splits.items():
+            (folder / f"{config}_{split}.json").write_text(json.dumps(rows))
+            card += [f"  - split: {split}", f"    path: {config}_{split}.json"]
     (folder / "README.md").write_text("\n".join([*card, "---", ""]))
+
+
+def _muse_configs(ds) -> dict[str, dict[str, list[dict]]]:
+    """MUSE-News's configs (raw, knowmem, verbmem, privleak) filled from the fictitious authors."""
+
+    def paragraphs(config: str) -> list[str]:
+        rows = ds.configs[config]
+        return [" ".join(r["answer"] for r in rows[i : i + 4]) for i in range(0, len(rows), 4)]
+
+    def qa(config: str, n: int) -> list[dict]:
+        return [{"question": r["question"], "answer": r["answer"]} for r in ds.configs[config][:n]]
+
+    forget, retain = paragraphs("forget10"), paragraphs("retain90")
+    return {
+        "raw": {"forget": [{"text": t} for t in forget], "retain1": [{"text": t} for t in retain]},
+        "knowmem": {
+            "forget_qa": qa("forget10", 6),
+            "forget_qa_icl": qa("forget10", 8)[6:],
+            "retain_qa": qa("retain90", 6),
+            "retain_qa_icl": qa("retain90", 8)[6:],
+        },
+        "verbmem": {"forget": [{"prompt": " ".join(t.split()[:8]), "gt": " ".join(t.split()[8:])} for t in forget]},
+        "privleak": {"forget": [{"text": t} for t in forget], "holdout": [{"text": t} for t in retain[:4]]},
+    }
 
 
 @pytest.fixture(scope="session")
@@ -67,17 +95,12 @@ def workspace(tmp_path_factory) -> Path:
     tok = build_tokenizer(texts, vocab_size=800)
     save_model(build_tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=4), tok, ws / "tiny")
 
-    def paragraphs(config: str) -> list[str]:
-        rows = ds.configs[config]
-        return [" ".join(r["answer"] for r in rows[i : i + 4]) for i in range(0, len(rows), 4)]
-
-    _write_text_dataset(
-        ws, "muse-bench/MUSE-News", "raw", {"forget": paragraphs("forget10"), "retain1": paragraphs("retain90")}
-    )
+    muse = _muse_configs(ds)
+    _write_hub_dataset(ws, "muse-bench/MUSE-News", muse)
     corpora = ws / "data" / "wmdp" / "wmdp-corpora"
     corpora.mkdir(parents=True)
-    for name, config in (("forget", "forget10"), ("retain", "retain90")):
-        lines = [json.dumps({"text": p}) for p in paragraphs(config)]
+    for name, split in (("forget", "forget"), ("retain", "retain1")):
+        lines = [json.dumps(row) for row in muse["raw"][split]]
         (corpora / f"cyber-{name}-corpus.jsonl").write_text("\n".join(lines) + "\n")
     return ws
 

@@ -162,7 +162,7 @@ def test_prompt_attack_wraps_every_question_and_leaves_the_model_identical(
         prompt_attack.evaluate(tiny_model, "p", {}, pre_compute={"reversed": {}}, templates=["role_play"])
 
 
-def test_prefill_attack_moves_answer_tokens_into_the_prompt(ou_imported, tiny_model, tokenizer, facts):
+def test_prefill_attack_moves_answer_tokens_into_the_prompt(digest, ou_imported, tiny_model, tokenizer, facts):
     from duet_plugin.openunlearning.metrics.prefill import prefill_attack
 
     def targets(item):
@@ -171,9 +171,11 @@ def test_prefill_attack_moves_answer_tokens_into_the_prompt(ou_imported, tiny_mo
     prefill_attack.set_pre_compute_metrics({"targets": _seen_metric("targets", tokenizer, targets)})
     cfg = OmegaConf.create({"datasets": facts[0]})
     shared = {"tokenizer": tokenizer, "template_args": MANUAL}
+    before = digest(tiny_model)
     out = prefill_attack.evaluate(
         tiny_model, "prefill_attack", {}, pre_compute={"targets": cfg}, prefill_tokens=[2, 4], **shared
     )
+    assert digest(tiny_model) == before
     n = out["unattacked"]["targets"]
     assert out["value_by_attack"]["k2"]["targets"] == n - 2 and out["value_by_attack"]["k4"]["targets"] == n - 4
     with pytest.raises(ValueError, match="positive token counts"):
@@ -276,3 +278,37 @@ def test_robustness_suite_through_ou_eval(run_ou, workspace, tmp_path) -> None:
         relearn["original"]["forget_Q_A_Prob"] == 0.5
         and set(relearn["recovery_by_attack"]) == variants["relearn_attack"]
     )
+
+
+def test_muse_robustness_suite_through_ou_eval(run_ou, workspace) -> None:
+    """experiment=eval/muse/robustness on the workspace's MUSE-format data: every attack re-measures knowmem (and
+    verbmem) per variant, next to OU's own MUSE metrics."""
+    out = workspace / "saves" / "eval" / "muse_robustness"
+    run_ou(
+        "eval",
+        [
+            "experiment=eval/muse/robustness",
+            "task_name=muse_robustness",
+            *eval_overrides(workspace / "tiny"),
+            f"paths.output_dir={out}",
+            "eval.muse.metrics.relearn_attack.steps=2",
+            "eval.muse.metrics.relearn_attack.learning_rates=[1e-3]",
+            "eval.muse.metrics.quantization_attack.bits=[4]",
+        ],
+    )
+    logs = json.loads((out / "MUSE_EVAL.json").read_text())
+    summary = json.loads((out / "MUSE_SUMMARY.json").read_text())
+    expected = {
+        "relearn_attack": ({"lr0.001"}, {"forget_knowmem_ROUGE", "forget_verbmem_ROUGE"}),
+        "prompt_attack": ({"reverse_prompt", "role_play", "prefix_injection", "few_shot"}, {"forget_knowmem_ROUGE"}),
+        "prefill_attack": ({"k2", "k4"}, {"forget_knowmem_ROUGE"}),
+        "quantization_attack": ({"int4"}, {"forget_knowmem_ROUGE", "forget_verbmem_ROUGE"}),
+    }
+    for metric, (variants, children) in expected.items():
+        result = logs[metric]
+        assert set(result["value_by_attack"]) == variants, metric
+        assert all(set(v) == children for v in result["value_by_attack"].values()), metric
+        assert result["unattacked"]["forget_knowmem_ROUGE"] == logs["forget_knowmem_ROUGE"]["agg_value"]
+        assert metric in summary
+    assert set(logs["over_refusal"]["by_source"]) == {"retain_knowmem"}
+    assert logs["performance_shift"]["agg_value"] is None and "forget_verbmem_ROUGE" in summary

@@ -63,3 +63,34 @@ def test_quantized_copy_leaves_the_model_bit_identical(digest, tiny_model) -> No
     assert report8.relative_error < report.relative_error / 8
     with pytest.raises(ValueError, match="No 2-D parameter matches"):
         quantized_copy(tiny_model, bits=4, include=[r"nothing_here"])
+
+
+def test_bitsandbytes_types_are_checked_before_any_compute() -> None:
+    from duet_plugin.core.attacks.quantization import check_scheme
+
+    assert check_scheme(4) == 4 and check_scheme("8") == 8
+    with pytest.raises(ValueError, match="Unknown quantization 'int3'"):
+        check_scheme("int3")
+    with pytest.raises(ValueError, match=r"2\.\.16"):
+        check_scheme(1)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"need a CUDA GPU; on this machine use RTN bit widths"):
+            check_scheme("nf4")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes' 4-bit kernels need a CUDA GPU")
+def test_nf4_roundtrip_is_what_bitsandbytes_computes_with(tiny_model, digest) -> None:
+    from bitsandbytes import functional as bnb_functional
+
+    from duet_plugin.core.attacks.quantization import quantized_copy
+
+    model = tiny_model.cuda()
+    before = digest(model)
+    attacked, report = quantized_copy(model, "nf4")
+    assert digest(model) == before and report.bits == "nf4" and 0 < report.relative_error < 0.2
+    name = report.names[0]
+    w = dict(model.named_parameters())[name].detach()
+    packed, state = bnb_functional.quantize_4bit(w, quant_type="nf4")
+    expected = bnb_functional.dequantize_4bit(packed, state, quant_type="nf4")
+    assert torch.equal(dict(attacked.named_parameters())[name].detach(), expected)
+    model.cpu()

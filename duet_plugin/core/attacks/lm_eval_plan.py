@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from duet_plugin.core.attacks.quantization import BNB_SCHEMES, check_scheme
 from duet_plugin.core.attacks.relearn import Batch, RelearnConfig, worst_case
 
 WORST = "worst"
@@ -51,9 +52,9 @@ class RelearnPlan:
 
 @dataclass
 class QuantizationPlan:
-    """One round-to-nearest copy per bit width (see ``core.attacks.quantization``)."""
+    """One quantized copy per RTN bit width or bitsandbytes 4-bit type (see ``core.attacks.quantization``)."""
 
-    bits: list[int]
+    bits: list[int | str]
     group_size: int | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None
@@ -100,7 +101,7 @@ class AttackPlan:
             q = self.quantization
             for bits in q.bits:
                 settings = {"bits": bits, "group_size": q.group_size, "include": q.include, "exclude": q.exclude}
-                out.append(Variant(f"int{bits}", "quantization", settings))
+                out.append(Variant(bits if isinstance(bits, str) else f"int{bits}", "quantization", settings))
         if self.relearn is not None:
             r = self.relearn
             for lr in r.config.learning_rates:
@@ -150,9 +151,12 @@ def _relearn_plan(options: Mapping[str, Any]) -> RelearnPlan:
 
 def _quantization_plan(options: Mapping[str, Any]) -> QuantizationPlan:
     bits = options.get("bits", [8, 4])
-    bits = [bits] if isinstance(bits, int) else list(bits or [])
-    if not bits or any(not isinstance(b, int) or isinstance(b, bool) or not 2 <= b <= 16 for b in bits):
-        raise ValueError(f"attacks.quantization.bits must be a non-empty list of integers in 2..16, got {bits!r}.")
+    bits = [bits] if isinstance(bits, int | str) else list(bits or [])
+    if not bits or any(isinstance(b, bool) or not isinstance(b, int | str) for b in bits):
+        raise ValueError(
+            f"attacks.quantization.bits must be a non-empty list of bit widths or {BNB_SCHEMES}, got {bits!r}."
+        )
+    bits = [check_scheme(b) for b in bits]
     if len(set(bits)) != len(bits):
         raise ValueError(f"attacks.quantization.bits has duplicates: {bits}.")
     group_size = options.get("group_size")
