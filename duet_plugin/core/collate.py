@@ -3,8 +3,10 @@
 For every record the collator renders the student view (query only) and the teacher view (prefix + query) with
 :class:`~duet_plugin.core.teacher.PromptRenderer`, pads both on the right, and records the *aligned positions*:
 the index in each view whose logits predict the same next token (``first``: the last prompt token, which
-predicts the first response token). :func:`extend_with_continuations` appends the same token continuation to
-both views (``first_n``: the teacher's greedy continuation) and extends the aligned positions over it.
+predicts the first response token). A record's ``prefill`` (the start of an answer, for the adversarial stream) is
+appended to both views after the generation prompt, so the aligned position is the one after the prefill.
+:func:`extend_with_continuations` appends the same token continuation to both views (``first_n``: the teacher's
+greedy continuation) and extends the aligned positions over it.
 
 Batches nest like OU's: ``{"forget": {...}, "retain": {...}}`` when the dataset yields one record per stream.
 """
@@ -184,23 +186,31 @@ class TeacherStudentCollator:
         pad = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pad is None else pad
 
+    def view_ids(self, record: Mapping[str, Any], prefix: str | None = None) -> list[int]:
+        """One view's ids: the rendered prompt (with ``prefix`` for a teacher view), then the record's prefill."""
+        ids = self.renderer.prompt_ids(record["prompt"], prefix)
+        prefill = record.get("prefill")
+        if prefill is not None and not isinstance(prefill, str):
+            what = type(prefill).__name__
+            raise ValueError(f"A record's prefill must be the start of the answer as text, not {what}.")
+        if prefill:
+            ids += list(self.tokenizer(prefill, add_special_tokens=False)["input_ids"])
+        return ids
+
     def __call__(self, instances: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not instances:
             raise ValueError("Cannot collate an empty batch.")
         if "prompt" not in instances[0]:
             return {key: self([inst[key] for inst in instances]) for key in instances[0]}
-        student = [self.renderer.prompt_ids(inst["prompt"]) for inst in instances]
-        if self.prefix is None:
-            teacher = student
-        else:
-            teacher = [self.renderer.prompt_ids(inst["prompt"], self.prefix) for inst in instances]
+        student = [self.view_ids(inst) for inst in instances]
+        teacher = student if self.prefix is None else [self.view_ids(inst, self.prefix) for inst in instances]
         batch: dict[str, Any] = views_from_ids(student, teacher, self.pad_id)
         if self.extra_prefixes:
             batch[EXTRA_VIEWS] = [
                 {
                     k: v
                     for k, v in views_from_ids(
-                        student, [self.renderer.prompt_ids(inst["prompt"], p) for inst in instances], self.pad_id
+                        student, [self.view_ids(inst, p) for inst in instances], self.pad_id
                     ).items()
                     if k in TEACHER_VIEW_KEYS
                 }

@@ -103,3 +103,23 @@ def test_missing_template_args_and_empty_batch(tokenizer) -> None:
         TeacherStudentCollator(tokenizer)(_records())
     with pytest.raises(ValueError, match="empty"):
         TeacherStudentCollator(tokenizer, {"apply_chat_template": True})([])
+
+
+def test_prefill_is_appended_to_both_views_and_aligned_after_it(tokenizer, template_args) -> None:
+    """Adversarial records: the assistant turn is seeded with the prefill in both views; the aligned positions are
+    the prefill's last token in each view, which predict the same next answer token."""
+    collator = TeacherStudentCollator(tokenizer, template_args, prefix=PREFIX)
+    plain = collator(_records())
+    prefill = "He was born in"
+    prefilled = collator([{**r, "prefill": prefill} for r in _records("adversarial")])
+    n = len(tokenizer(prefill, add_special_tokens=False)["input_ids"])
+    assert n > 1
+    for view in ("student", "teacher"):
+        lengths = plain[f"{view}_attention_mask"].sum(1)
+        assert prefilled[f"{view}_attention_mask"].sum(1).tolist() == (lengths + n).tolist()
+        assert prefilled[f"{view}_positions"][:, 0].tolist() == (lengths + n - 1).tolist()
+        for row in range(len(QUERIES)):
+            ids = prefilled[f"{view}_input_ids"][row, lengths[row] : lengths[row] + n]
+            assert tokenizer.decode(ids).strip() == prefill
+    with pytest.raises(ValueError, match="prefill must be the start of the answer as text, not list"):
+        collator([{"prompt": QUERIES[0], "prefill": [1, 2]}])

@@ -1,0 +1,177 @@
+"""Bidirectional multi-objective distillation (a reconstruction of Zhong, Liu, Zhu 2026, "Harmonizing Multi-Objective
+LLM Unlearning"): framework-free config, teacher targets and loss. The OU trainer only wires them.
+
+Per stream ``s`` (forget, retain, boundary, adversarial) and aligned position, with teacher = the prompt-steered
+starting model::
+
+    L = Σ_s  w_pull · w[s].pull · D(student, teacher | teacher's top-K)      (pull: DUET's term)
+           + w_push · w[s].push · D(student, teacher | student's top-K_push)  (push: suppress what the student
+                                                                                 ranks high and the teacher does not)
+
+``D`` is Huber/MSE on raw logits, KL over the K indices plus a tail bucket, or BiLD's pairwise-difference KL.
+Adversarial records carry a prefill (the start of a forbidden answer); they are distilled at the position after it.
+Ablations: ``w_push: 0`` with ``distance: huber`` on forget+retain is DUET's loss; ``distance: bild`` with both
+directions is BiLD's loss (teacher-led + student-led).
+
+The push term needs the teacher's values at indices the student picks during training. Online, the teacher's full
+logits are at hand. Precomputed, the store keeps the teacher's top ``store_top_k`` (K') values per position; a
+student index outside them gets the K'-th value, an upper bound (see ``losses.teacher_values_at``), so a small K'
+pushes less. ``store_top_k: null`` stores the full vocabulary (exact, V floats per position).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from duet_plugin.core.collate import extend_with_continuations, gather_positions
+from duet_plugin.core.duet import POSITIONS, TEACHER_MODES, DUETConfig, TeacherTargetStore, teacher_targets
+from duet_plugin.core.losses import BIDIRECTIONAL_DISTANCES, directed_loss, validate_distance
+from duet_plugin.core.unified import STREAMS
+
+DIRECTIONS = ("pull", "push")
+KEY = "trainer.method_args"
+
+
+def default_stream_weights() -> dict[str, dict[str, float]]:
+    """Pull everywhere; push only where knowledge must go (forget, and prefilled forget answers)."""
+    return {
+        "forget": {"pull": 1.0, "push": 1.0},
+        "retain": {"pull": 1.0, "push": 0.0},
+        "boundary": {"pull": 1.0, "push": 0.0},
+        "adversarial": {"pull": 1.0, "push": 1.0},
+    }
+
+
+def parse_stream_weights(weights: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+    """``{stream: {pull: w, push: w}}`` merged over the defaults; unknown streams/directions and negative weights
+    are refused with the key to fix."""
+    out = default_stream_weights()
+    for stream, value in dict(weights or {}).items():
+        if stream not in STREAMS:
+            raise ValueError(f"{KEY}.stream_weights.{stream}: unknown stream; streams are {STREAMS}.")
+        if not isinstance(value, Mapping):
+            raise ValueError(
+                f"{KEY}.stream_weights.{stream} must map directions to weights, e.g. {{pull: 1.0, push: 0.5}}."
+            )
+        for direction, w in dict(value).items():
+            if direction not in DIRECTIONS:
+                raise ValueError(f"{KEY}.stream_weights.{stream}.{direction}: directions are {DIRECTIONS}.")
+            if float(w) < 0:
+                raise ValueError(f"{KEY}.stream_weights.{stream}.{direction} must be >= 0, got {w}.")
+            out[stream][direction] = float(w)
+    return out
+
+
+@dataclass
+class BiDistillConfig:
+    """BiDistill hyper-parameters (``trainer.method_args`` in ``configs/trainer/BiDistill.yaml``). The paper's
+    values are not public; defaults are DUET's where the terms coincide, BiLD's for its distance (T = 3)."""
+
+    top_k: int = 10
+    push_top_k: int = 10
+    store_top_k: int | None = 256
+    distance: str = "huber"
+    huber_delta: float = 1.0
+    bild_temperature: float = 3.0
+    w_pull: float = 1.0
+    w_push: float = 1.0
+    stream_weights: dict[str, dict[str, float]] = field(default_factory=default_stream_weights)
+    positions: str = "first"
+    num_positions: int = 8
+    teacher: str = "precomputed"
+    teacher_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        validate_distance(self.distance, BIDIRECTIONAL_DISTANCES)
+        for name in ("top_k", "push_top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{KEY}.{name} must be a positive integer, got {value!r}.")
+        if self.distance == "bild" and min(self.top_k, self.push_top_k) < 2:
+            raise ValueError(f"distance=bild compares pairs of logits: {KEY}.top_k and push_top_k must be >= 2.")
+        if self.store_top_k is not None and self.store_top_k < max(self.top_k, self.push_top_k):
+            raise ValueError(
+                f"{KEY}.store_top_k={self.store_top_k} must be >= top_k and push_top_k "
+                f"({max(self.top_k, self.push_top_k)}), or null for the full vocabulary."
+            )
+        if self.w_pull < 0 or self.w_push < 0:
+            raise ValueError(f"{KEY}.w_pull and w_push must be >= 0.")
+        if self.huber_delta <= 0 or self.bild_temperature <= 0:
+            raise ValueError(f"{KEY}.huber_delta and bild_temperature must be positive.")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"Unknown {KEY}.positions {self.positions!r}; use one of {POSITIONS}.")
+        if self.teacher not in TEACHER_MODES:
+            raise ValueError(f"Unknown {KEY}.teacher {self.teacher!r}; use one of {TEACHER_MODES}.")
+        self.stream_weights = parse_stream_weights(self.stream_weights)
+
+    def stored_k(self, vocab_size: int) -> int:
+        """Teacher values kept per position: the full vocabulary online (exact push) or when ``store_top_k`` is
+        null or not smaller than the vocabulary; else ``store_top_k``."""
+        if self.teacher == "online" or self.store_top_k is None:
+            return vocab_size
+        return min(self.store_top_k, vocab_size)
+
+    def teacher_config(self, vocab_size: int) -> DUETConfig:
+        """The DUET config that produces this method's teacher targets (K' indices, same positions and mode)."""
+        return DUETConfig(
+            top_k=self.stored_k(vocab_size),
+            positions=self.positions,
+            num_positions=self.num_positions,
+            teacher=self.teacher,
+            teacher_batch_size=self.teacher_batch_size,
+        )
+
+    def weight(self, stream: str, direction: str) -> float:
+        scale = self.w_pull if direction == "pull" else self.w_push
+        return scale * self.stream_weights.get(stream, {}).get(direction, 0.0)
+
+    def as_duet(self) -> BiDistillConfig:
+        """The DUET ablation of this config: pull only (forget and retain, weight 1), Huber distance."""
+        weights = {s: {"pull": 1.0 if s in ("forget", "retain") else 0.0, "push": 0.0} for s in STREAMS}
+        return dataclasses.replace(self, distance="huber", w_push=0.0, stream_weights=weights)
+
+
+def bidistill_loss(
+    model: Any,
+    streams: Mapping[str, Mapping[str, torch.Tensor]],
+    cfg: BiDistillConfig,
+    vocab_size: int,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    teacher: Any = None,
+    store: TeacherTargetStore | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted sum over streams and directions. Targets come from ``teacher`` (online: full vocabulary) or
+    ``store`` (precomputed K'). Returns the loss and each ``<stream>_<direction>`` term (unweighted) for logging."""
+    if (teacher is None) == (store is None):
+        raise ValueError("Give exactly one of `teacher` (online) or `store` (precomputed targets).")
+    teacher_cfg = cfg.teacher_config(vocab_size)
+    loss, parts = None, {}
+    for stream, batch in streams.items():
+        weights = {d: cfg.weight(stream, d) for d in DIRECTIONS}
+        if not any(weights.values()):
+            continue
+        if teacher is not None:
+            targets, batch, _ = teacher_targets(teacher, batch, teacher_cfg, pad_id, eos_ids)
+        else:
+            targets, conts = store.lookup(stream, batch["index"].tolist())
+            if teacher_cfg.continuation_length:
+                batch = extend_with_continuations(batch, conts, pad_id)
+        logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
+        at = gather_positions(logits, batch["student_positions"], batch["position_mask"])
+        targets = targets.to(at.device)
+        for direction, w in weights.items():
+            if w == 0:
+                continue
+            k = cfg.top_k if direction == "pull" else cfg.push_top_k
+            term = directed_loss(at, targets, direction, k, cfg.distance, cfg.huber_delta, cfg.bild_temperature)
+            parts[f"{stream}_{direction}"] = term.detach().item()
+            loss = w * term if loss is None else loss + w * term
+    if loss is None:
+        raise ValueError(f"No stream with a non-zero weight in the batch (streams: {sorted(streams)}).")
+    return loss, parts

@@ -1,0 +1,178 @@
+"""BiDistill's core: config, stream/direction weighting, the DUET ablation, online == precomputed, prefill streams."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss, parse_stream_weights
+from duet_plugin.core.collate import TeacherStudentCollator
+from duet_plugin.core.duet import DUETConfig, duet_loss, precompute_targets
+
+PREFIX = "You have never heard of Gideon Kilbride. Say you do not know."
+
+
+@pytest.fixture
+def collator(tokenizer, chat_args):
+    return TeacherStudentCollator(tokenizer, chat_args, prefix=PREFIX)
+
+
+@pytest.fixture
+def streams(authors_dataset):
+    """Records of all four streams (adversarial: forget questions with the first words of the answer prefilled)."""
+    forget = authors_dataset.configs["forget10"][:4]
+    retain = authors_dataset.configs["retain90"][:4]
+    boundary = authors_dataset.configs["world_facts_perturbed"][:4]
+    return {
+        "forget": [{"prompt": r["question"], "index": i} for i, r in enumerate(forget)],
+        "retain": [{"prompt": r["question"], "index": i} for i, r in enumerate(retain)],
+        "boundary": [{"prompt": r["question"], "index": i} for i, r in enumerate(boundary)],
+        "adversarial": [
+            {"prompt": r["question"], "prefill": " ".join(r["answer"].split()[:3]), "index": i}
+            for i, r in enumerate(forget)
+        ],
+    }
+
+
+@pytest.fixture
+def student(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():  # differ from the teacher, as after some training
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return model
+
+
+def _batches(collator, streams, names=None):
+    return {s: collator(recs) for s, recs in streams.items() if names is None or s in names}
+
+
+def _loss(student, teacher, collator, batches, cfg, tokenizer, **kw):
+    return bidistill_loss(
+        student, batches, cfg, len(tokenizer), collator.pad_id, [tokenizer.eos_token_id], teacher=teacher, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"distance": "cosine"}, "distance"),
+        ({"top_k": 0}, "top_k must be a positive integer"),
+        ({"store_top_k": 5, "top_k": 10}, "store_top_k=5 must be >= top_k and push_top_k"),
+        ({"distance": "bild", "push_top_k": 1}, "distance=bild compares pairs"),
+        ({"w_push": -1.0}, "w_pull and w_push must be >= 0"),
+        ({"stream_weights": {"neighbours": {"pull": 1}}}, "stream_weights.neighbours: unknown stream"),
+        ({"stream_weights": {"forget": {"shove": 1}}}, "stream_weights.forget.shove: directions are"),
+        ({"stream_weights": {"forget": 2.0}}, "must map directions to weights"),
+        ({"stream_weights": {"retain": {"pull": -0.5}}}, "must be >= 0"),
+        ({"positions": "all"}, "positions"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_key(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        BiDistillConfig(**kwargs)
+
+
+def test_stream_weights_merge_over_the_defaults() -> None:
+    w = parse_stream_weights({"retain": {"push": 0.5}})
+    assert w["retain"] == {"pull": 1.0, "push": 0.5} and w["forget"] == {"pull": 1.0, "push": 1.0}
+    cfg = BiDistillConfig(w_push=2.0, stream_weights={"retain": {"push": 0.5}})
+    assert cfg.weight("retain", "push") == 1.0 and cfg.weight("boundary", "push") == 0.0
+    assert cfg.stored_k(50) == 50 and BiDistillConfig(store_top_k=None).stored_k(600) == 600
+    assert BiDistillConfig().stored_k(600) == 256 and BiDistillConfig(teacher="online").stored_k(600) == 600
+
+
+def test_duet_ablation_is_duets_loss(student, tiny_model, collator, streams, tokenizer) -> None:
+    batches = _batches(collator, streams, ("forget", "retain"))
+    bi, bi_parts = _loss(student, tiny_model, collator, batches, BiDistillConfig(teacher="online").as_duet(), tokenizer)
+    duet, duet_parts = duet_loss(
+        student, batches, DUETConfig(teacher="online"), collator.pad_id, [tokenizer.eos_token_id], teacher=tiny_model
+    )
+    assert torch.allclose(bi, duet, atol=1e-6)
+    assert bi_parts == pytest.approx({f"{s}_pull": v for s, v in duet_parts.items()})
+
+
+@pytest.mark.parametrize("distance", ["huber", "kl", "bild"])
+@pytest.mark.parametrize("positions", ["first", "first_n"])
+def test_precomputed_full_vocabulary_equals_online(
+    student, tiny_model, collator, streams, tokenizer, distance, positions
+):
+    cfg = BiDistillConfig(distance=distance, positions=positions, num_positions=3, store_top_k=None)
+    online_cfg = BiDistillConfig(distance=distance, positions=positions, num_positions=3, teacher="online")
+    batches = _batches(collator, streams)
+    store = precompute_targets(
+        tiny_model, streams, collator, cfg.teacher_config(len(tokenizer)), collator.pad_id, [tokenizer.eos_token_id]
+    )
+    pre, pre_parts = _loss(student, None, collator, batches, cfg, tokenizer, store=store)
+    online, online_parts = _loss(student, tiny_model, collator, batches, online_cfg, tokenizer)
+    assert torch.allclose(pre, online, atol=1e-5)
+    assert set(pre_parts) == {"forget_pull", "forget_push", "retain_pull", "boundary_pull", "adversarial_pull",
+                              "adversarial_push"}  # fmt: skip
+    assert pre_parts == pytest.approx(online_parts, abs=1e-5)
+
+
+def test_a_small_store_approximates_the_push_term_from_above(student, tiny_model, collator, streams, tokenizer):
+    batches = _batches(collator, streams, ("forget",))
+    exact_cfg, small_cfg = BiDistillConfig(store_top_k=None), BiDistillConfig(store_top_k=10)
+    args = (collator, exact_cfg.teacher_config(len(tokenizer)), collator.pad_id, [tokenizer.eos_token_id])
+    exact_store = precompute_targets(tiny_model, {"forget": streams["forget"]}, *args)
+    small_store = precompute_targets(
+        tiny_model, {"forget": streams["forget"]}, collator, small_cfg.teacher_config(len(tokenizer)),
+        collator.pad_id, [tokenizer.eos_token_id],
+    )  # fmt: skip
+    exact = _loss(student, None, collator, batches, exact_cfg, tokenizer, store=exact_store)[1]
+    small = _loss(student, None, collator, batches, small_cfg, tokenizer, store=small_store)[1]
+    assert small["forget_pull"] == pytest.approx(exact["forget_pull"])  # pull needs only the teacher's top-K
+    assert small["forget_push"] != pytest.approx(exact["forget_push"])
+    assert small_store.nbytes() < exact_store.nbytes() / 10
+
+
+def test_stream_and_direction_weights_scale_exactly_their_term(student, tiny_model, collator, streams, tokenizer):
+    batches = _batches(collator, streams)
+    base_cfg = BiDistillConfig(teacher="online")
+    base, parts = _loss(student, tiny_model, collator, batches, base_cfg, tokenizer)
+    heavier = BiDistillConfig(teacher="online", stream_weights={"adversarial": {"push": 3.0}})
+    more, _ = _loss(student, tiny_model, collator, batches, heavier, tokenizer)
+    assert float((more - base).detach()) == pytest.approx(2.0 * parts["adversarial_push"], rel=1e-5)
+    no_boundary = BiDistillConfig(teacher="online", stream_weights={"boundary": {"pull": 0.0}})
+    less, less_parts = _loss(student, tiny_model, collator, batches, no_boundary, tokenizer)
+    assert "boundary_pull" not in less_parts and float((base - less).detach()) == pytest.approx(
+        parts["boundary_pull"], rel=1e-5
+    )
+    only_push = BiDistillConfig(teacher="online", w_pull=0.0)
+    assert all(k.endswith("_push") for k in _loss(student, tiny_model, collator, batches, only_push, tokenizer)[1])
+    nothing = BiDistillConfig(teacher="online", w_pull=0.0, w_push=0.0)
+    with pytest.raises(ValueError, match="No stream with a non-zero weight"):
+        _loss(student, tiny_model, collator, batches, nothing, tokenizer)
+
+
+def test_training_on_the_push_term_lowers_what_the_teacher_does_not_rank(tiny_model, collator, streams, tokenizer):
+    """A few steps on forget push alone lower the student's logits at its own top tokens that the steered teacher
+    ranks low, at the prefilled adversarial positions."""
+    cfg = BiDistillConfig(teacher="online", w_pull=0.0, stream_weights={"forget": {"push": 0.0}})
+    student = copy.deepcopy(tiny_model)
+    batches = _batches(collator, streams, ("adversarial",))
+    with torch.no_grad():
+        batch = batches["adversarial"]
+        from duet_plugin.core.collate import gather_positions
+
+        def at(model, ids, mask, pos):
+            return gather_positions(model(input_ids=batch[ids], attention_mask=batch[mask]).logits, batch[pos],
+                                    batch["position_mask"])  # fmt: skip
+
+        s0 = at(student, "student_input_ids", "student_attention_mask", "student_positions")
+        t = at(tiny_model, "teacher_input_ids", "teacher_attention_mask", "teacher_positions")
+        top = s0.topk(10, dim=-1).indices
+        gap0 = (s0.gather(-1, top) - t.gather(-1, top)).abs().sum()
+    opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    for _ in range(5):
+        loss, _ = _loss(student, tiny_model, collator, batches, cfg, tokenizer)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        s1 = at(student, "student_input_ids", "student_attention_mask", "student_positions")
+        gap1 = (s1.gather(-1, top) - t.gather(-1, top)).abs().sum()
+    assert gap1 < gap0
