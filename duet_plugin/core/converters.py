@@ -10,7 +10,7 @@ folder (``config``/``split`` pick the file, from the folder's dataset card when 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,29 @@ def prefill_split(answer: str, words: int) -> tuple[str, str] | None:
     if len(tokens) <= words:
         return None
     return " ".join(tokens[:words]), " ".join(tokens[words:])
+
+
+def adversarial_records(records: Iterable[UnifiedRecord], prefill_words: Sequence[int]) -> list[UnifiedRecord]:
+    """Prefill-attack records from records with a reference answer: for each length ``k`` the question with the
+    answer's first ``k`` words as prefill and the rest as response (records whose answer is too short are skipped)."""
+    if not prefill_words or any(int(k) < 1 for k in prefill_words):
+        raise ValueError(f"prefill_words must be positive word counts, got {list(prefill_words)}.")
+    out = []
+    for record in records:
+        for k in prefill_words:
+            split = prefill_split(record.response or "", int(k))
+            if split is not None:
+                out.append(
+                    UnifiedRecord(
+                        prompt=record.prompt,
+                        stream="adversarial",
+                        source=record.source,
+                        prefill=split[0],
+                        response=split[1],
+                        concept=record.concept,
+                    )
+                )
+    return out
 
 
 def _answer_record(

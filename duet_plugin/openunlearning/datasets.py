@@ -13,9 +13,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
-from duet_plugin.core.unified import UnifiedRecord, records_from_qa, records_from_text
+from duet_plugin.core.converters import adversarial_records
+from duet_plugin.core.unified import STREAMS, UnifiedRecord, records_from_qa, records_from_text
 
 logger = logging.getLogger(__name__)
 SOURCES = ("qa", "unified", "text")
@@ -129,22 +131,115 @@ def to_unified(dataset: Any, stream: str) -> UnifiedRecordDataset | None:
     return UnifiedRecordDataset(records)
 
 
+class StreamsDataset(Dataset):
+    """Several streams of unified records as one training dataset, anchored like OU's ``ForgetRetainDataset``:
+    item ``i`` holds the anchor stream's record ``i`` and a random record of every other stream (OU's global torch
+    RNG, as OU samples its retain side)."""
+
+    def __init__(self, streams: Mapping[str, UnifiedRecordDataset], anchor: str = "forget") -> None:
+        if anchor not in streams:
+            raise ValueError(f"The anchor stream {anchor!r} is missing; streams: {sorted(streams)}.")
+        self.streams = dict(streams)
+        self.anchor = anchor
+
+    def __len__(self) -> int:
+        return len(self.streams[self.anchor])
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        item = {self.anchor: self.streams[self.anchor][idx]}
+        for name, ds in self.streams.items():
+            if name != self.anchor:
+                item[name] = ds[int(torch.randint(0, len(ds), (1,)).item())]
+        return item
+
+
+class UnifiedStreamsDataset(StreamsDataset):
+    """Every stream of bidirectional distillation from its own source(s): ``data.forget.<name>.handler:
+    UnifiedStreamsDataset`` (with an empty ``data.retain``), since OU's ``ForgetRetainDataset`` takes only
+    forget/retain.
+
+    Args:
+        streams: ``{stream: spec or [spec, ...]}``; a spec holds ``UnifiedQueryDataset`` arguments (``hf_args``,
+            ``source``, ``question_key``, ...). A null stream is left out. ``forget`` is required; a missing optional
+            stream is logged once; a stream whose sources give no record is an error naming them.
+        adversarial_from_forget: ``{prefill_words: [k, ...]}`` adds adversarial records made from the forget
+            records' answers (the first k words prefilled), to any ``adversarial`` sources given.
+    """
+
+    def __init__(
+        self,
+        streams: Mapping[str, Any],
+        template_args: Any = None,
+        tokenizer: Any = None,
+        anchor: str = "forget",
+        adversarial_from_forget: Mapping[str, Any] | None = None,
+    ) -> None:
+        built: dict[str, list[UnifiedRecord]] = {}
+        for name, specs in dict(streams).items():
+            if name not in STREAMS:
+                raise ValueError(f"UnifiedStreamsDataset: unknown stream {name!r}; streams are {STREAMS}.")
+            if specs is None:
+                continue
+            specs = [specs] if isinstance(specs, Mapping) else list(specs)
+            records = [r for spec in specs for r in UnifiedQueryDataset(**{**dict(spec), "stream": name}).records]
+            if not records:
+                sources = [dict(spec.get("hf_args") or {}) for spec in specs]
+                raise ValueError(f"Stream {name!r} is empty: its source(s) {sources} gave no records.")
+            built[name] = records
+        if "forget" not in built:
+            raise ValueError("UnifiedStreamsDataset needs a forget stream (streams.forget).")
+        if adversarial_from_forget:
+            words = list(adversarial_from_forget.get("prefill_words") or [])
+            derived = adversarial_records(built["forget"], words)
+            if not derived:
+                raise ValueError(
+                    f"No forget record has an answer longer than {min(words)} words to prefill: lower "
+                    f"adversarial_from_forget.prefill_words ({words}) or set adversarial_from_forget to null."
+                )
+            built["adversarial"] = built.get("adversarial", []) + derived
+        missing = [s for s in STREAMS if s not in built]
+        if missing:
+            logger.info("UnifiedStreamsDataset: no %s stream(s); training on %s", ", ".join(missing), sorted(built))
+        super().__init__({name: UnifiedRecordDataset(recs) for name, recs in built.items()}, anchor=anchor)
+
+
 def stream_datasets(train_dataset: Any) -> dict[str, UnifiedRecordDataset]:
-    """The per-stream datasets inside OU's ``ForgetRetainDataset`` (or a single dataset, taken as forget)."""
+    """The per-stream datasets inside OU's ``ForgetRetainDataset`` (or a single dataset, taken as forget).
+
+    Also unpacks a :class:`StreamsDataset` (under ``data.forget``, OU wraps it with an empty retain side) and a
+    retain side holding several datasets keyed by stream (``data.retain`` entries with ``access_key``)."""
+    if isinstance(train_dataset, StreamsDataset):
+        return dict(train_dataset.streams)
     if hasattr(train_dataset, "forget") and hasattr(train_dataset, "retain"):
-        streams = {"forget": train_dataset.forget, "retain": train_dataset.retain}
+        if isinstance(train_dataset.forget, StreamsDataset):
+            if train_dataset.retain:
+                raise ValueError(
+                    "With UnifiedStreamsDataset under data.forget, leave data.retain empty: data.retain={}."
+                )
+            return dict(train_dataset.forget.streams)
+        streams = {"forget": train_dataset.forget}
+        retain = train_dataset.retain
+        if isinstance(retain, Mapping):
+            unknown = sorted(set(retain) - set(STREAMS))
+            if unknown:
+                raise ValueError(
+                    f"data.retain entries {unknown} are not streams; set their access_key to one of {STREAMS}."
+                )
+            streams.update(retain)
+        else:
+            streams["retain"] = retain
     else:
         streams = {"forget": train_dataset}
     return {name: to_unified(ds, name) for name, ds in streams.items() if ds is not None}
 
 
 def unified_train_dataset(train_dataset: Any) -> Any:
-    """``train_dataset`` with every stream converted; an OU ``ForgetRetainDataset`` keeps its anchor."""
+    """``train_dataset`` with every stream converted; an OU ``ForgetRetainDataset`` of forget/retain keeps its
+    type and anchor, more streams become a :class:`StreamsDataset`."""
     streams = stream_datasets(train_dataset)
+    anchor = getattr(train_dataset, "anchor", "forget")
+    if set(streams) - {"forget", "retain"} or isinstance(train_dataset, StreamsDataset):
+        return StreamsDataset(streams, anchor=anchor if anchor in streams else "forget")
     if not (hasattr(train_dataset, "forget") and hasattr(train_dataset, "retain")):
         return streams["forget"]
-    return type(train_dataset)(
-        forget=streams.get("forget"),
-        retain=streams.get("retain"),
-        anchor=getattr(train_dataset, "anchor", "forget"),
-    )
+    return type(train_dataset)(forget=streams.get("forget"), retain=streams.get("retain"), anchor=anchor)

@@ -24,7 +24,7 @@ class RegistrationError(RuntimeError):
 def _components() -> list[tuple[str, str, dict[str, Any]]]:
     from duet_plugin.openunlearning.attack_datasets import AttackQADataset
     from duet_plugin.openunlearning.collators import DUETCollator
-    from duet_plugin.openunlearning.datasets import UnifiedQueryDataset
+    from duet_plugin.openunlearning.datasets import UnifiedQueryDataset, UnifiedStreamsDataset
     from duet_plugin.openunlearning.evaluators.robust_lm_eval import RobustLMEvalEvaluator
     from duet_plugin.openunlearning.metrics.over_refusal import over_refusal
     from duet_plugin.openunlearning.metrics.performance_shift import performance_shift_metric
@@ -32,12 +32,21 @@ def _components() -> list[tuple[str, str, dict[str, Any]]]:
     from duet_plugin.openunlearning.metrics.prompt import prompt_attack
     from duet_plugin.openunlearning.metrics.quantization import quantization_attack
     from duet_plugin.openunlearning.metrics.relearn import relearn_attack
+    from duet_plugin.openunlearning.trainers.bidistill import BiDistill
     from duet_plugin.openunlearning.trainers.duet import DUET
     from duet_plugin.openunlearning.trainers.undo import UNDO
 
     return [
-        ("trainer", "TRAINER_REGISTRY", {"DUET": DUET, "UNDO": UNDO}),
-        ("data", "DATASET_REGISTRY", {"UnifiedQueryDataset": UnifiedQueryDataset, "AttackQADataset": AttackQADataset}),
+        ("trainer", "TRAINER_REGISTRY", {"DUET": DUET, "BiDistill": BiDistill, "UNDO": UNDO}),
+        (
+            "data",
+            "DATASET_REGISTRY",
+            {
+                "UnifiedQueryDataset": UnifiedQueryDataset,
+                "UnifiedStreamsDataset": UnifiedStreamsDataset,
+                "AttackQADataset": AttackQADataset,
+            },
+        ),
         ("data", "COLLATOR_REGISTRY", {"DUETCollator": DUETCollator}),
         (
             "evals.metrics",

@@ -142,3 +142,30 @@ def test_each_robustness_metric_is_one_override_away(ou_imported, benchmark, met
     overrides = [f"experiment=eval/{benchmark}/default", f"+eval/{benchmark}_metrics={metric}"]
     cfg = _compose(ou_imported, "eval.yaml", overrides)
     assert _resolved(cfg, f"eval.{benchmark}.metrics.{metric}.handler") == metric
+
+
+@pytest.mark.parametrize("benchmark", ["tofu", "muse", "wmdp"])
+def test_bidistill_experiments_compose_with_one_streams_dataset(ou_imported, benchmark) -> None:
+    cfg = _compose(ou_imported, "unlearn.yaml", [f"experiment=unlearn/{benchmark}/bidistill"])
+    assert cfg.trainer.handler == "BiDistill" and set(cfg.collator) == {"DUETCollator"}
+    data = _resolved(cfg, "data")
+    assert data["retain"] == {} and len(data["forget"]) == 1
+    streams = next(iter(data["forget"].values()))
+    assert streams["handler"] == "UnifiedStreamsDataset"
+    assert set(streams["args"]["streams"]) == {"forget", "retain", "boundary", "adversarial"}
+    assert streams["args"]["adversarial_from_forget"]["prefill_words"]
+    from duet_plugin.openunlearning.trainers.bidistill import METHOD_ARGS
+
+    assert set(_resolved(cfg, "trainer.method_args")) == set(METHOD_ARGS)
+    assert cfg.trainer.args.remove_unused_columns is False
+
+
+def test_bidistill_follows_the_tofu_splits(ou_imported) -> None:
+    cfg = _compose(
+        ou_imported,
+        "unlearn.yaml",
+        ["experiment=unlearn/tofu/bidistill", "forget_split=forget05", "retain_split=retain95"],
+    )
+    streams = _resolved(cfg, "data.forget.BiDistill_TOFU.args.streams")
+    assert streams["forget"]["hf_args"]["name"] == "forget05" and streams["retain"]["hf_args"]["name"] == "retain95"
+    assert [b["hf_args"]["name"] for b in streams["boundary"]] == ["real_authors_perturbed", "world_facts_perturbed"]

@@ -62,6 +62,8 @@ def reject_unknown_options(
 class DUET(UnlearnTrainer):
     """``trainer=DUET``: see ``configs/trainer/DUET.yaml`` for every option."""
 
+    log_prefix = "duet"
+
     def __init__(
         self,
         prefix: Mapping[str, Any] | str | None = None,
@@ -198,7 +200,12 @@ class DUET(UnlearnTrainer):
             self._eos_ids,
             context=self.accelerator.autocast,
         )
-        logger.info("DUET: precomputed teacher targets for %d queries (%.1f KiB)", len(store), store.nbytes() / 1024)
+        logger.info(
+            "%s: precomputed teacher targets for %d queries (%.1f KiB)",
+            type(self).__name__,
+            len(store),
+            store.nbytes() / 1024,
+        )
         return store
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
@@ -218,16 +225,21 @@ class DUET(UnlearnTrainer):
         streams = {"forget": inputs} if "student_input_ids" in inputs else inputs
         if self.duet.teacher == "precomputed" and self.targets is None:
             self.targets = self.precompute_targets()
+        loss, parts = self.objective(model, streams)
+        for key, value in parts.items():
+            self._duet_logs[key].append(value)
+        return (loss, None) if return_outputs else loss
+
+    def objective(self, model: Any, streams: Mapping[str, Any]) -> tuple[Any, dict[str, float]]:
+        """The loss on one batch of collated streams and its logged parts (``<stream>_loss``)."""
         loss, parts = duet_loss(
             model, streams, self.duet, self._pad_id, self._eos_ids, teacher=self.teacher_model, store=self.targets
         )
-        for stream, value in parts.items():
-            self._duet_logs[f"{stream}_loss"].append(value)
-        return (loss, None) if return_outputs else loss
+        return loss, {f"{stream}_loss": value for stream, value in parts.items()}
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         for key, values in self._duet_logs.items():
             if values:
-                logs[f"duet/{key}"] = round(sum(values) / len(values), 6)
+                logs[f"{self.log_prefix}/{key}"] = round(sum(values) / len(values), 6)
         self._duet_logs.clear()
         super().log(logs, *args, **kwargs)
