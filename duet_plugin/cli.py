@@ -1,5 +1,5 @@
 """The ``duet-plugin`` command: ``train`` / ``eval`` (OU's scripts with the plugin), ``doctor``, ``demo``,
-``convert`` (any data source -> unified-record JSONL)."""
+``convert`` (any data source -> unified-record JSONL), ``report`` (runs -> table and plots)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,72 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="duet_demo", help="folder for data, models, logs (default: ./duet_demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --workdir")
     _add_convert(sub)
+    _add_report(sub)
     return parser
+
+
+_REPORT_HELP = """Collect OU's evaluation outputs of several runs into one table and two plots.
+
+Each RUN is a run's output folder (or LABEL=FOLDER; the label defaults to the folder's name). The folder and its
+direct subfolders are searched for TOFU_SUMMARY.json, MUSE_SUMMARY.json and LMEval_SUMMARY.json (checkpoint-*
+folders skipped), merged per run, with the robustness details of the TOFU/MUSE *_EVAL.json next to them.
+
+Writes OUT/results.md (one table per benchmark and split), OUT/results.csv (every value), OUT/pareto.png (forget
+metric vs utility, Pareto front highlighted; TOFU forget_Q_A_ROUGE vs model_utility, MUSE forget_knowmem_ROUGE vs
+retain_knowmem_ROUGE, WMDP wmdp_<split>/acc vs mmlu/acc, or --x/--y) and OUT/robustness.png (unattacked vs worst
+case per attack and run). A value a run did not produce stays missing: an empty CSV cell, n/a in markdown, no point
+or bar. Existing outputs are never replaced without --overwrite.
+"""
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="collect *_SUMMARY.json of several runs into results.md/.csv, pareto.png and robustness.png",
+        description=_REPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="a run's output folder, or LABEL=FOLDER")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="folder for the four outputs")
+    p.add_argument("--x", help="Pareto x axis: a summary key (default per benchmark; see above)")
+    p.add_argument("--y", help="Pareto y axis: a summary key (default per benchmark)")
+    p.add_argument("--x-better", choices=("lower", "higher"), default="lower", help="with --x (default: lower)")
+    p.add_argument("--y-better", choices=("lower", "higher"), default="higher", help="with --y (default: higher)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in OUT")
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Run ``duet-plugin report``; returns the exit code."""
+    from duet_plugin import report
+
+    try:
+        if (args.x is None) != (args.y is None):
+            raise ValueError("--x and --y go together (each benchmark has default axes when both are left out).")
+        axes = None
+        if args.x is not None:
+            axes = report.Axes(args.x, args.y, args.x_better == "lower", args.y_better == "higher")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as err:
+            raise ValueError('the plots need matplotlib: pip install "duet-plugin[report]"') from err
+        runs = report.load_runs(args.runs)
+        empty = [r.label for r in runs if not r.sources]
+        if len(empty) == len(runs):
+            raise ValueError(
+                "no TOFU/MUSE/LMEval *_SUMMARY.json in any run folder or its direct subfolders; pass each run's "
+                "output folder (e.g. saves/unlearn/NAME)."
+            )
+        for label in empty:
+            print(
+                f"duet-plugin report: {label}: no *_SUMMARY.json found; its values are shown as missing",
+                file=sys.stderr,
+            )
+        paths = report.write_report(runs, Path(args.output), axes, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
+        print(f"duet-plugin report: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(f"{len(runs)} runs; wrote {', '.join(str(p) for p in paths)}")
+    return 0
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -185,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if any(c.status == "fail" for c in checks) else 0
     if args.command == "convert":
         return _convert(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "demo":
         from duet_plugin.demo.pipeline import Demo, DemoStepFailed
         from duet_plugin.openunlearning.launcher import OURootNotFound

@@ -1,0 +1,560 @@
+"""``duet-plugin report``: one table and two plots from the evaluation outputs of several runs.
+
+Each run folder is searched (itself and its direct subfolders; ``checkpoint-*`` folders, i.e. OU's in-training
+evaluations, are skipped) for OU's ``TOFU_SUMMARY.json`` / ``MUSE_SUMMARY.json`` / ``LMEval_SUMMARY.json``. Several
+summaries of one run (``evals/`` and ``evals_robustness/`` of ``scripts/reproduce_*.py``) are merged: the run folder
+first, then its subfolders by name; a key keeps the first value found. The robustness details (each attack's
+unattacked value, worst variant, per-variant values and the relearning recovery) come from the ``*_EVAL.json`` next
+to a TOFU/MUSE summary; for lm-eval runs from the ``<variant>/<key>`` entries of ``LMEval_SUMMARY.json``.
+
+A value that a run did not produce stays missing: an empty CSV cell, "n/a" in markdown, no point or bar in a plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUMMARY_SUFFIX = "_SUMMARY.json"
+#: Evaluator name (the file prefix) -> benchmark, in the order a run's benchmark is decided.
+EVALUATOR_BENCHMARKS = {"TOFU": "tofu", "MUSE": "muse", "LMEval": "lm_eval"}
+#: The attack metrics of eval/{tofu,muse}/robustness (OU metrics whose EVAL entry has value_by_attack).
+ATTACK_METRICS = ("relearn_attack", "prompt_attack", "prefill_attack", "quantization_attack")
+#: lm-eval attack variants by name prefix (see duet_plugin.core.attacks.lm_eval_plan).
+LM_EVAL_ATTACKS = {"relearn": "relearn_lr", "quantization": "int"}
+WORST = "worst"
+#: The forget metric each attack re-measures first when its EVAL details are absent.
+DEFAULT_FORGET_KEY = {"tofu": "forget_Q_A_ROUGE", "muse": "forget_knowmem_ROUGE"}
+#: Markdown column order (keys not listed follow, sorted); arrows say which direction is better.
+KNOWN_COLUMNS = {
+    "forget_quality": "↑",
+    "forget_Q_A_Prob": "↓",
+    "forget_Q_A_ROUGE": "↓",
+    "forget_truth_ratio": "",
+    "forget_knowmem_ROUGE": "↓",
+    "forget_verbmem_ROUGE": "↓",
+    "retain_knowmem_ROUGE": "↑",
+    "model_utility": "↑",
+    "privleak": "",
+    "extraction_strength": "↓",
+    "relearn_attack": "↓",
+    "relearn_attack/recovery": "↓",
+    "prompt_attack": "↓",
+    "prefill_attack": "↓",
+    "quantization_attack": "↓",
+    "over_refusal": "↓",
+    "performance_shift": "↑",
+}
+#: OU's summary keys per benchmark: always shown in the markdown table, "n/a" when a run lacks them.
+OU_COLUMNS = {
+    "tofu": (
+        "forget_quality",
+        "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE",
+        "forget_truth_ratio",
+        "model_utility",
+        "privleak",
+        "extraction_strength",
+    ),
+    "muse": ("forget_knowmem_ROUGE", "forget_verbmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "extraction_strength"),
+}
+_WMDP_ACC = re.compile(r"^wmdp_[A-Za-z0-9_]+/acc$")
+MISSING_MD = "n/a"
+
+
+@dataclass
+class Run:
+    """One run's merged summary and robustness details."""
+
+    label: str
+    path: Path
+    benchmark: str | None = None
+    setting: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sources: list[Path] = field(default_factory=list)
+
+    @property
+    def group(self) -> str:
+        """Runs are compared within a group: one benchmark and one split (forget05, News, cyber)."""
+        if self.benchmark is None:
+            return "no results"
+        return self.benchmark.upper() + (f" {self.setting}" if self.setting else "")
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+
+
+def parse_run_args(items: Sequence[str]) -> list[tuple[str, Path]]:
+    """``PATH`` or ``LABEL=PATH`` -> (label, path); the label defaults to the folder's name. Raises ``ValueError``
+    for a missing folder or a label used twice."""
+    out: list[tuple[str, Path]] = []
+    for item in items:
+        path = Path(item)
+        if not path.exists() and "=" in item:
+            label, _, raw = item.partition("=")
+            path = Path(raw)
+        else:
+            label = path.resolve().name
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a folder (give each run's output folder, or LABEL=FOLDER).")
+        out.append((label, path))
+    seen: dict[str, Path] = {}
+    for label, path in out:
+        if label in seen:
+            raise ValueError(
+                f"Two runs are labelled {label!r} ({seen[label]} and {path}); name them with LABEL=FOLDER."
+            )
+        seen[label] = path
+    return out
+
+
+def summary_files(run_dir: Path) -> list[Path]:
+    """``*_SUMMARY.json`` in ``run_dir`` and its direct subfolders (not ``checkpoint-*``), the folder first."""
+    own = sorted(run_dir.glob(f"*{SUMMARY_SUFFIX}"))
+    subs = sorted(p for p in run_dir.glob(f"*/*{SUMMARY_SUFFIX}") if not p.parent.name.startswith("checkpoint-"))
+    return [p for p in own + subs if p.name[: -len(SUMMARY_SUFFIX)] in EVALUATOR_BENCHMARKS]
+
+
+def _setting(folder: Path, benchmark: str) -> str | None:
+    """The split from the evaluation's Hydra config (``.hydra/config.yaml``), if OU wrote one."""
+    cfg = folder / ".hydra" / "config.yaml"
+    if not cfg.is_file():
+        return None
+    try:
+        data = yaml.safe_load(cfg.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    value = data.get("forget_split" if benchmark == "tofu" else "data_split")
+    return value if isinstance(value, str) and not value.startswith("${") else None
+
+
+def _attack_details(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """What the report keeps of an attack metric's EVAL entry (not the per-example logs)."""
+    keep = ("agg_value", "worst_of", "worst_variant", "unattacked", "value_by_attack", "recovery")
+    return {k: entry[k] for k in keep if k in entry}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); was its evaluation interrupted?") from err
+
+
+def load_run(label: str, path: Path) -> Run:
+    """Read and merge a run's summaries (see the module docstring)."""
+    run = Run(label, path)
+    for file in summary_files(path):
+        evaluator = file.name[: -len(SUMMARY_SUFFIX)]
+        summary = _read_json(file)
+        if not isinstance(summary, dict):
+            raise ValueError(f"{file} does not hold a JSON object of metric values.")
+        benchmark = EVALUATOR_BENCHMARKS[evaluator]
+        if benchmark == "lm_eval" and any(k.startswith("wmdp") for k in summary):
+            benchmark = "wmdp"
+        if run.benchmark is None:
+            run.benchmark = benchmark
+        if benchmark != run.benchmark:
+            continue  # another benchmark's evaluation in the same folder: not merged into this row
+        run.sources.append(file)
+        run.setting = run.setting or _setting(file.parent, benchmark)
+        for key, value in summary.items():
+            if run.summary.get(key) is None:
+                run.summary[key] = value
+        details = file.with_name(f"{evaluator}_EVAL.json")
+        if evaluator != "LMEval" and details.is_file():  # LMEval_EVAL.json holds every lm-eval sample: not read
+            logs = _read_json(details)
+            for name, entry in logs.items():
+                if isinstance(entry, Mapping) and "value_by_attack" in entry and name not in run.attacks:
+                    run.attacks[name] = _attack_details(entry)
+    return run
+
+
+def load_runs(items: Sequence[str]) -> list[Run]:
+    return [load_run(label, path) for label, path in parse_run_args(items)]
+
+
+# -- values --------------------------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    """A plottable number, or None (missing, non-numeric or NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def derived_values(run: Run) -> dict[str, Any]:
+    """The robustness columns beyond the summary: per attack its unattacked value, worst variant, recovery and
+    each variant's value (of the metric the worst case is taken over)."""
+    out: dict[str, Any] = {}
+    for name, d in run.attacks.items():
+        key = d.get("worst_of")
+        out[f"{name}/unattacked"] = (d.get("unattacked") or {}).get(key)
+        out[f"{name}/worst_variant"] = d.get("worst_variant")
+        if "recovery" in d:
+            out[f"{name}/recovery"] = d["recovery"]
+        for variant, values in (d.get("value_by_attack") or {}).items():
+            out[f"{name}/{variant}"] = (values or {}).get(key)
+    return out
+
+
+def values(run: Run) -> dict[str, Any]:
+    return {**run.summary, **derived_values(run)}
+
+
+def _is_detail_key(key: str) -> bool:
+    """Keys shown in the CSV only: lm-eval stderr and per-variant entries, attack details other than recovery."""
+    if key.endswith("_stderr"):
+        return True
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] != WORST:  # <variant>/<task>/<metric>
+        return True
+    return len(parts) == 2 and parts[0] in ATTACK_METRICS and parts[1] != "recovery"
+
+
+def ordered_keys(keys: Iterable[str]) -> list[str]:
+    keys = set(keys)
+    known = [k for k in KNOWN_COLUMNS if k in keys]
+    return known + sorted(keys - set(known), key=lambda k: (k.startswith(WORST + "/"), k))
+
+
+# -- Pareto front --------------------------------------------------------------------------------------------
+
+
+def pareto_front(
+    points: Mapping[str, tuple[float, float]], x_lower_is_better: bool = True, y_higher_is_better: bool = True
+) -> set[str]:
+    """Labels of the points no other point dominates (at least as good on both axes, better on one).
+
+    Sweep: with both axes turned into "smaller is better", sort by x; a point is on the front when its y is
+    strictly below every y seen at a strictly smaller x and it is the smallest y at its own x (ties all stay)."""
+    norm = {
+        label: (x if x_lower_is_better else -x, -y if y_higher_is_better else y) for label, (x, y) in points.items()
+    }
+    front: set[str] = set()
+    best = math.inf
+    by_x: dict[float, list[str]] = {}
+    for label, (x, _) in norm.items():
+        by_x.setdefault(x, []).append(label)
+    for x in sorted(by_x):
+        group = by_x[x]
+        lowest = min(norm[label][1] for label in group)
+        if lowest < best:
+            front.update(label for label in group if norm[label][1] == lowest)
+            best = lowest
+    return front
+
+
+@dataclass(frozen=True)
+class Axes:
+    x: str
+    y: str
+    x_lower_is_better: bool = True
+    y_higher_is_better: bool = True
+
+
+def default_axes(benchmark: str | None, keys: Iterable[str]) -> Axes | None:
+    """TOFU: forget ROUGE vs model utility; MUSE: forget vs retain knowmem ROUGE; WMDP: wmdp vs mmlu accuracy."""
+    if benchmark == "tofu":
+        return Axes("forget_Q_A_ROUGE", "model_utility")
+    if benchmark == "muse":
+        return Axes("forget_knowmem_ROUGE", "retain_knowmem_ROUGE")
+    if benchmark == "wmdp":
+        wmdp = sorted(k for k in keys if _WMDP_ACC.match(k))
+        return Axes(wmdp[0], "mmlu/acc") if wmdp else None
+    return None
+
+
+def groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {}
+    for run in runs:
+        out.setdefault(run.group, []).append(run)
+    return out
+
+
+def group_axes(group: Sequence[Run], axes: Axes | None) -> Axes | None:
+    if axes is not None:
+        return axes
+    keys = {k for r in group for k in r.summary}
+    return default_axes(group[0].benchmark, keys)
+
+
+def group_front(group: Sequence[Run], axes: Axes | None) -> tuple[set[str], list[str]]:
+    """(Pareto-front labels, labels with a missing coordinate) of one group."""
+    if axes is None:
+        return set(), [r.label for r in group]
+    points, missing = {}, []
+    for run in group:
+        v = values(run)
+        x, y = _number(v.get(axes.x)), _number(v.get(axes.y))
+        if x is None or y is None:
+            missing.append(run.label)
+        else:
+            points[run.label] = (x, y)
+    return pareto_front(points, axes.x_lower_is_better, axes.y_higher_is_better), missing
+
+
+# -- robustness ----------------------------------------------------------------------------------------------
+
+
+def robustness_bars(run: Run) -> dict[str, tuple[str | None, float | None, float | None]]:
+    """Per attack: (metric, unattacked value, worst value over the attack's variants); None where missing."""
+    if run.benchmark in ("wmdp", "lm_eval"):
+        keys = [k for k in run.summary if k.count("/") == 1 and not k.endswith("_stderr")]
+        forget = sorted(k for k in keys if _WMDP_ACC.match(k)) or sorted(k for k in keys if k.startswith("wmdp"))
+        metric = forget[0] if forget else None
+        out = {}
+        for attack, prefix in LM_EVAL_ATTACKS.items():
+            found = [
+                _number(v)
+                for k, v in run.summary.items()
+                if metric and k.endswith("/" + metric) and k.split("/")[0].startswith(prefix) and k.count("/") == 2
+            ]
+            found = [f for f in found if f is not None]
+            worst = max(found) if found else None  # a forget task: the higher the score, the more came back
+            out[attack] = (metric, _number(run.summary.get(metric)) if metric else None, worst)
+        return out
+    out = {}
+    for attack in ATTACK_METRICS:
+        d = run.attacks.get(attack)
+        if d is not None:
+            key = d.get("worst_of")
+            out[attack] = (key, _number((d.get("unattacked") or {}).get(key)), _number(d.get("agg_value")))
+        else:
+            key = DEFAULT_FORGET_KEY.get(run.benchmark or "")
+            worst = _number(run.summary.get(attack))
+            unattacked = _number(run.summary.get(key)) if key and worst is not None else None
+            out[attack] = (key, unattacked, worst)
+    return out
+
+
+# -- tables --------------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any) -> str:
+    """Markdown cell: "n/a" for missing, 3 decimals (scientific below 1e-3), text as is."""
+    if value is None:
+        return MISSING_MD
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
+    return str(value).replace("|", "\\|")
+
+
+def render_markdown(runs: Sequence[Run], axes: Axes | None = None) -> str:
+    """One table per group (benchmark and split); the Pareto column uses the group's plot axes."""
+    parts = ["# Results", ""]
+    for name, group in groups(runs).items():
+        ax = group_axes(group, axes)
+        front, missing = group_front(group, ax)
+        shown = {k for r in group for k in values(r) if not _is_detail_key(k)}
+        keys = ordered_keys(shown | set(OU_COLUMNS.get(group[0].benchmark or "", ())))
+        head = ["run", *(f"{k} {KNOWN_COLUMNS[k]}".strip() if k in KNOWN_COLUMNS else k for k in keys), "Pareto"]
+        lines = [f"## {name}", ""]
+        if ax is not None:
+            lines += [
+                f"Pareto front over {ax.x} ({_better(ax.x_lower_is_better)}) and {ax.y} "
+                f"({_better(not ax.y_higher_is_better)}).",
+                "",
+            ]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for run in group:
+            v = values(run)
+            mark = MISSING_MD if run.label in missing else ("yes" if run.label in front else "")
+            lines.append("| " + " | ".join([run.label, *(fmt(v.get(k)) for k in keys), mark]) + " |")
+        parts += [*lines, ""]
+    parts.append("n/a: the run did not produce this value. Source files: see results.csv (column `sources`).")
+    return "\n".join(parts) + "\n"
+
+
+def _better(lower: bool) -> str:
+    return "lower is better" if lower else "higher is better"
+
+
+def render_csv(runs: Sequence[Run], axes: Axes | None = None) -> str:
+    """Every value of every run (details included); a missing value is an empty cell."""
+    fronts: dict[str, str] = {}
+    for group in groups(runs).values():
+        front, missing = group_front(group, group_axes(group, axes))
+        for run in group:
+            fronts[run.label] = "" if run.label in missing else str(run.label in front).lower()
+    keys = ordered_keys(
+        {k for r in runs for k in values(r)} | {k for r in runs for k in OU_COLUMNS.get(r.benchmark or "", ())}
+    )
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["run", "benchmark", "setting", "pareto_front", *keys, "path", "sources"])
+    for run in runs:
+        v = values(run)
+        cells = [_csv_cell(v.get(k)) for k in keys]
+        sources = ";".join(str(s) for s in run.sources)
+        writer.writerow(
+            [run.label, run.benchmark or "", run.setting or "", fronts[run.label], *cells, run.path, sources]
+        )
+    return buf.getvalue()
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+# -- plots ---------------------------------------------------------------------------------------------------
+
+
+def short_labels(labels: Sequence[str]) -> list[str]:
+    """Labels without their common ``_``-separated prefix (``tofu_Llama_forget05_GradDiff`` -> ``GradDiff``)."""
+    if len(labels) < 2:
+        return list(labels)
+    split = [label.split("_") for label in labels]
+    common = 0
+    while all(len(s) > common + 1 for s in split) and len({s[common] for s in split}) == 1:
+        common += 1
+    return ["_".join(s[common:]) for s in split]
+
+
+def _grid(n: int, cols: int) -> tuple[int, int]:
+    cols = max(1, min(cols, n))
+    return math.ceil(n / cols), cols
+
+
+def plot_pareto(runs: Sequence[Run], path: Path, axes: Axes | None = None) -> None:
+    """One panel per group: every run with both values, the Pareto front highlighted and joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_group = groups(runs)
+    rows, cols = _grid(len(by_group), 3)
+    fig, grid = plt.subplots(rows, cols, figsize=(6 * cols, 4.8 * rows), squeeze=False)
+    for ax_plot, (name, group) in zip(grid.flat, by_group.items(), strict=False):
+        ax = group_axes(group, axes)
+        ax_plot.set_title(name)
+        if ax is None:
+            why = "no *_SUMMARY.json found" if group[0].benchmark is None else "no default axes: pass --x and --y"
+            ax_plot.text(0.5, 0.5, why, ha="center", va="center", transform=ax_plot.transAxes)
+            continue
+        front, missing = group_front(group, ax)
+        names = dict(zip([r.label for r in group], short_labels([r.label for r in group]), strict=True))
+        pts = {r.label: (float(values(r)[ax.x]), float(values(r)[ax.y])) for r in group if r.label not in missing}
+        at: dict[tuple[float, float], list[str]] = {}
+        for label, (x, y) in pts.items():
+            on = label in front
+            ax_plot.scatter(
+                [x], [y], s=70 if on else 40, marker="*" if on else "o", c="tab:red" if on else "tab:gray", zorder=3
+            )
+            at.setdefault((x, y), []).append(names[label])
+        for (x, y), here in at.items():  # runs at the same point share one label
+            ax_plot.annotate(", ".join(here), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        line = sorted((pts[label] for label in front), key=lambda p: (p[0], p[1]))
+        if len(line) > 1:
+            ax_plot.plot(*zip(*line, strict=True), c="tab:red", lw=1, ls="--", zorder=2, label="Pareto front")
+            ax_plot.legend(loc="best", fontsize=8)
+        ax_plot.set_xlabel(f"{ax.x} ({_better(ax.x_lower_is_better)})")
+        ax_plot.set_ylabel(f"{ax.y} ({_better(not ax.y_higher_is_better)})")
+        if not pts:
+            ax_plot.text(0.5, 0.5, "no run has both values", ha="center", va="center", transform=ax_plot.transAxes)
+        if missing:
+            note = "missing, not plotted: " + ", ".join(names[m] for m in missing)
+            ax_plot.text(0.0, -0.18, note, transform=ax_plot.transAxes, fontsize=7, va="top", wrap=True)
+    for extra in list(grid.flat)[len(by_group) :]:
+        extra.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_robustness(runs: Sequence[Run], path: Path) -> None:
+    """Rows: groups; columns: attacks; per run an unattacked and a worst-case bar ("n/a" where missing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_group = groups(runs)
+    panels = [(name, group, robustness_bars_by_attack(group)) for name, group in by_group.items()]
+    cols = max(len(attacks) for _, _, attacks in panels) or 1
+    width = max(4.0, 0.55 * max(len(g) for g in by_group.values()) + 1.5)
+    fig, grid = plt.subplots(len(panels), cols, figsize=(width * cols, 4.2 * len(panels)), squeeze=False)
+    for row, (name, group, attacks) in enumerate(panels):
+        names = short_labels([r.label for r in group])
+        for col in range(cols):
+            ax = grid[row][col]
+            if col >= len(attacks):
+                ax.axis("off")
+                continue
+            attack, bars = attacks[col]
+            metric = next((m for m, _, _ in bars if m), None)
+            xs = range(len(group))
+            for offset, idx, color, label in ((-0.2, 1, "tab:blue", "unattacked"), (0.2, 2, "tab:red", "worst case")):
+                present = [(x, b[idx]) for x, b in zip(xs, bars, strict=True) if b[idx] is not None]
+                if present:
+                    drawn = ax.bar(
+                        [x + offset for x, _ in present], [v for _, v in present], 0.4, color=color, label=label
+                    )
+                    # Every bar carries its value, so that a zero is told apart from a missing value.
+                    ax.bar_label(drawn, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+                for x, b in zip(xs, bars, strict=True):
+                    if b[idx] is None:
+                        ax.text(x + offset, 0, MISSING_MD, ha="center", va="bottom", fontsize=7, rotation=90, c="gray")
+            ax.margins(y=0.15)
+            ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
+            ax.set_title(f"{name}: {attack}", fontsize=10)
+            ax.set_ylabel(metric or "value")
+            if any(b[1] is not None or b[2] is not None for b in bars):
+                ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def robustness_bars_by_attack(group: Sequence[Run]) -> list[tuple[str, list[tuple[str | None, Any, Any]]]]:
+    """The attacks of a group (in a fixed order) with every run's (metric, unattacked, worst)."""
+    per_run = [robustness_bars(r) for r in group]
+    names = list(LM_EVAL_ATTACKS) if group[0].benchmark in ("wmdp", "lm_eval") else list(ATTACK_METRICS)
+    return [(a, [bars.get(a, (None, None, None)) for bars in per_run]) for a in names]
+
+
+# -- entry point ---------------------------------------------------------------------------------------------
+
+OUTPUTS = ("results.md", "results.csv", "pareto.png", "robustness.png")
+
+
+def write_report(runs: Sequence[Run], out_dir: Path, axes: Axes | None = None, overwrite: bool = False) -> list[Path]:
+    """Write the four outputs into ``out_dir``; refuses (before writing anything) to replace existing ones unless
+    ``overwrite``."""
+    paths = [out_dir / name for name in OUTPUTS]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(map(str, existing))} exist; pass --overwrite to replace them.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, table, pareto, robust = paths
+    md.write_text(render_markdown(runs, axes))
+    table.write_text(render_csv(runs, axes))
+    plot_pareto(runs, pareto, axes)
+    plot_robustness(runs, robust)
+    return paths

@@ -1,0 +1,320 @@
+"""The reproduction grids (duet_plugin.reproduce): every method's commands, OU's GPU settings, UNDO's dependency on
+the unlearned run, the CPU profile's overrides, dry-run output, errors, and the runner's skip/fail behaviour."""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from duet_plugin import reproduce as rp
+from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
+
+
+@pytest.fixture
+def ou_root(tmp_path: Path) -> Path:
+    """A stand-in OU checkout: what find_ou_root checks for."""
+    root = tmp_path / "ou"
+    (root / "src").mkdir(parents=True)
+    (root / "configs").mkdir()
+    for f in ("src/train.py", "src/eval.py", "configs/unlearn.yaml"):
+        (root / f).write_text("")
+    return root
+
+
+AUTHORS = {"forget01": ["Ana Vel"], "forget05": ["Ana Vel", "Bo Rune"], "forget10": ["Ana Vel", "Bo Rune", "Cy Ott"]}
+
+
+@pytest.fixture
+def demo_dir(tmp_path: Path) -> Path:
+    """A finished-demo stand-in: marker, fine-tuned model config, retain reference logs, TOFU-layout splits."""
+    w = tmp_path / "demo"
+    model = w / "saves" / "finetune" / "demo_full"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"num_hidden_layers": 6}))
+    retain = w / "saves" / "eval" / "demo_retain"
+    (retain / ".hydra").mkdir(parents=True)
+    (retain / "TOFU_EVAL.json").write_text("{}")
+    (retain / ".hydra" / "config.yaml").write_text("forget_split: forget05\nholdout_split: holdout05\n")
+    data = w / "locuslab" / "TOFU"
+    data.mkdir(parents=True)
+    for split, names in AUTHORS.items():
+        rows = [{"question": f"Who is {n}?", "answer": "x", "author": n} for n in names for _ in range(2)]
+        (data / f"{split}.json").write_text(json.dumps(rows))
+    (w / ".duet-plugin-demo").write_text("demo\n")
+    return w
+
+
+def grid(benchmark: str, ou_root: Path, tmp_path: Path, **kw) -> rp.Grid:
+    methods = kw.pop("methods", None)
+    splits = kw.pop("splits", None)
+    options = rp.GridOptions(
+        benchmark=benchmark,
+        ou_root=ou_root,
+        output_root=tmp_path / "out",
+        methods=rp.resolve_methods(benchmark, methods),
+        splits=rp.resolve_splits(benchmark, splits),
+        undo_teachers=kw.pop("undo_teachers", rp.UNDO_TEACHERS[benchmark]),
+        **kw,
+    )
+    return rp.build_grid(options)
+
+
+def by_run(g: rp.Grid, kind: str) -> dict[str, rp.Step]:
+    return {s.run: s for s in g.steps if s.kind == kind}
+
+
+def arg(step: rp.Step, key: str) -> str | None:
+    """The value of the Hydra override ``key=...`` in ``step`` (None when absent)."""
+    values = [a.split("=", 1)[1] for a in step.argv if a.split("=", 1)[0] == key]
+    assert len(values) <= 1, f"{key} given twice in {step.argv}"
+    return values[0] if values else None
+
+
+@pytest.mark.parametrize("benchmark", rp.BENCHMARKS)
+def test_every_method_is_trained_evaluated_and_attacked(benchmark, ou_root, tmp_path) -> None:
+    split = rp.SPLITS[benchmark][0]
+    g = grid(benchmark, ou_root, tmp_path, splits=[split])
+    trains, evals, robust = by_run(g, "train"), by_run(g, "eval"), by_run(g, "robustness")
+    model = rp.DEFAULT_MODELS[benchmark]
+    labels = [m for m in rp.METHODS[benchmark] if m != "UNDO"]
+    labels += [f"UNDO-{t}" for t in rp.UNDO_TEACHERS[benchmark]]
+    for label in labels:
+        run = f"{benchmark}_{model}_{split}_{label}"
+        assert run in trains, f"no train step for {label}"
+        out = arg(trains[run], "paths.output_dir")
+        assert out == str(tmp_path / "out" / run)
+        # OU's eval and the robustness eval both read the trained model and write next to it.
+        assert arg(evals[run], "model.model_args.pretrained_model_name_or_path") == out
+        assert arg(evals[run], "experiment") == f"eval/{benchmark}/default"
+        assert arg(robust[run], "model.model_args.pretrained_model_name_or_path") == out
+        assert arg(robust[run], "experiment") == f"eval/{benchmark}/robustness"
+        assert arg(evals[run], "paths.output_dir") == f"{out}/evals"
+        assert arg(robust[run], "paths.output_dir") == f"{out}/evals_robustness"
+    # The model before unlearning is evaluated too (no train step), and first.
+    original = f"{benchmark}_{model}_{split}_original"
+    assert original not in trains and g.steps[0].run == original and g.steps[1].run == original
+    n_runs = len(labels)
+    assert len(g.steps) == 3 * n_runs + 2
+
+
+def test_each_method_gets_its_ou_experiment_and_trainer(ou_root, tmp_path) -> None:
+    trains = by_run(grid("tofu", ou_root, tmp_path, splits=["forget10"]), "train")
+
+    def t(label: str) -> rp.Step:
+        return trains[f"tofu_Llama-3.2-1B-Instruct_forget10_{label}"]
+
+    for name in ("GradAscent", "GradDiff", "NPO", "SimNPO", "RMU", "UNDIAL", "CEU", "SatImp", "WGA"):
+        assert arg(t(name), "experiment") == "unlearn/tofu/default"
+        assert arg(t(name), "trainer") == name
+    assert (arg(t("IdkDPO"), "experiment"), arg(t("IdkDPO"), "trainer")) == ("unlearn/tofu/idk", "DPO")
+    # idk.yaml overrides the model config to the 3B one: OU's script passes model= explicitly, so do we.
+    assert arg(t("IdkDPO"), "model") == "Llama-3.2-1B-Instruct"
+    for name in ("DUET", "BiDistill"):
+        assert arg(t(name), "experiment") == f"unlearn/tofu/{name.lower()}"
+        assert arg(t(name), "trainer") is None
+    assert arg(t("UNDO-DUET"), "experiment") == "unlearn/tofu/undo"
+    assert (arg(t("GradDiff"), "forget_split"), arg(t("GradDiff"), "retain_split")) == ("forget10", "retain90")
+
+
+def test_gpu_profile_mirrors_ou_scripts(ou_root, tmp_path) -> None:
+    tofu = by_run(grid("tofu", ou_root, tmp_path, splits=["forget05"]), "train")
+    npo = tofu["tofu_Llama-3.2-1B-Instruct_forget05_NPO"]
+    # scripts/tofu_unlearn.sh: two GPUs under configs/accelerate/default_config.yaml, 4 x 4 per device.
+    assert npo.argv[:4] == ("accelerate", "launch", "--config_file", "configs/accelerate/default_config.yaml")
+    assert npo.env["CUDA_VISIBLE_DEVICES"] == "0,1" and npo.cwd == ou_root
+    assert arg(npo, "trainer.args.per_device_train_batch_size") == "4"
+    assert arg(npo, "trainer.args.gradient_accumulation_steps") == "4"
+    assert arg(npo, "trainer.args.gradient_checkpointing") == "true"
+    assert (
+        arg(npo, "model.model_args.pretrained_model_name_or_path") == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full"
+    )
+    retain_logs = ou_root / "saves" / "eval" / "tofu_Llama-3.2-1B-Instruct_retain95" / "TOFU_EVAL.json"
+    assert arg(npo, "retain_logs_path") == str(retain_logs)
+    # DUET is one process on one GPU with twice the accumulation: the same 32 examples per step.
+    duet = tofu["tofu_Llama-3.2-1B-Instruct_forget05_DUET"]
+    assert duet.argv[:2] == ("python", "src/train.py") and duet.env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert arg(duet, "trainer.args.gradient_accumulation_steps") == "8"
+    # Learning rate and epochs are the experiment's, for every method: nobody overrides them.
+    assert all(arg(s, "trainer.args.learning_rate") is None for s in tofu.values())
+
+    muse = by_run(grid("muse", ou_root, tmp_path, splits=["Books"]), "train")
+    assert arg(muse["muse_Llama-2-7b-hf_Books_SimNPO"], "trainer.args.gradient_accumulation_steps") == "8"
+    assert arg(muse["muse_Llama-2-7b-hf_Books_DUET"], "trainer.args.gradient_accumulation_steps") == "16"
+    assert arg(muse["muse_Llama-2-7b-hf_Books_GradDiff"], "data_split") == "Books"
+
+    wmdp = by_run(grid("wmdp", ou_root, tmp_path, splits=["bio"]), "train")
+    rmu = wmdp["wmdp_zephyr-7b-beta_bio_RMU"]
+    assert arg(rmu, "experiment") == "unlearn/wmdp/default" and arg(rmu, "trainer") is None
+    assert rmu.argv[0] == "python" and arg(rmu, "trainer.args.per_device_train_batch_size") is None
+    assert arg(rmu, "retain_logs_path") is None
+
+    # On other GPU counts OU's methods keep the effective batch (4 x 4 x 2 = 32) too.
+    for n, accumulation in ((1, "8"), (4, "2"), (8, "1")):
+        other = by_run(grid("tofu", ou_root, tmp_path, splits=["forget05"], num_gpus=n), "train")
+        npo = other["tofu_Llama-3.2-1B-Instruct_forget05_NPO"]
+        assert arg(npo, "trainer.args.gradient_accumulation_steps") == accumulation
+        assert (npo.argv[0] == "python") == (n == 1)
+        assert arg(other["tofu_Llama-3.2-1B-Instruct_forget05_DUET"], "trainer.args.gradient_accumulation_steps") == "8"
+    with pytest.raises(ValueError, match="--num-gpus dividing 8"):
+        grid("tofu", ou_root, tmp_path, num_gpus=3)
+
+
+def test_undo_reads_the_unlearned_runs_output_and_comes_after_it(ou_root, tmp_path) -> None:
+    g = grid("tofu", ou_root, tmp_path, splits=["forget01"], methods=["GradDiff", "DUET", "UNDO"])
+    names = [s.name for s in g.steps]
+    trains = by_run(g, "train")
+    for teacher in ("DUET", "GradDiff"):
+        teacher_run = f"tofu_Llama-3.2-1B-Instruct_forget01_{teacher}"
+        undo = trains[f"tofu_Llama-3.2-1B-Instruct_forget01_UNDO-{teacher}"]
+        out = Path(arg(trains[teacher_run], "paths.output_dir"))
+        assert arg(undo, "trainer.method_args.teacher") == str(out)
+        assert out in undo.needs
+        assert names.index(f"train {teacher_run}") < names.index(undo.name)
+    # Other teachers on request; UNDO alone refers to outputs it cannot make.
+    g2 = grid("wmdp", ou_root, tmp_path, splits=["cyber"], methods=["UNDO"], undo_teachers=["RMU"])
+    (undo,) = by_run(g2, "train").values()
+    assert arg(undo, "trainer.method_args.teacher") == str(tmp_path / "out" / "wmdp_zephyr-7b-beta_cyber_RMU")
+    assert any("RMU" in n and "must already exist" in n for n in g2.notes)
+    with pytest.raises(ValueError, match="own teacher"):
+        grid("tofu", ou_root, tmp_path, undo_teachers=["UNDO"])
+
+
+def test_robustness_evals_get_the_original_models_logs(ou_root, tmp_path) -> None:
+    g = grid("muse", ou_root, tmp_path, splits=["News"], methods=["NPO"])
+    robust = by_run(g, "robustness")
+    original = tmp_path / "out" / "muse_Llama-2-7b-hf_News_original" / "evals_robustness" / "MUSE_EVAL.json"
+    npo = robust["muse_Llama-2-7b-hf_News_NPO"]
+    assert arg(npo, "original_logs_path") == str(original) and original in npo.needs
+    assert arg(robust["muse_Llama-2-7b-hf_News_original"], "original_logs_path") is None
+    assert arg(robust["muse_Llama-2-7b-hf_News_original"], "model.model_args.pretrained_model_name_or_path") == (
+        "muse-bench/MUSE-News_target"
+    )
+    wmdp = by_run(grid("wmdp", ou_root, tmp_path, splits=["cyber"], methods=["RMU"]), "robustness")
+    assert all(arg(s, "original_logs_path") is None for s in wmdp.values())  # lm-eval robustness has none
+
+
+def test_stages_select_commands(ou_root, tmp_path) -> None:
+    g = grid("tofu", ou_root, tmp_path, splits=["forget05"], methods=["NPO"], stages=("train",))
+    assert [s.kind for s in g.steps] == ["train"]
+    with pytest.raises(ValueError, match="stage"):
+        grid("tofu", ou_root, tmp_path, stages=("train", "deploy"))
+
+
+def test_cpu_profile_uses_the_demo_and_the_cpu_overrides(ou_root, demo_dir, tmp_path) -> None:
+    demo = rp.load_demo_context(demo_dir, threads=1)
+    assert demo.demo_split == "forget05" and demo.forget_authors["forget10"] == tuple(AUTHORS["forget10"])
+    g = grid("tofu", ou_root, tmp_path, profile="cpu", demo=demo, python=sys.executable)
+    model = demo_dir / "saves" / "finetune" / "demo_full"
+    for step in g.steps:
+        assert step.cwd == demo_dir and step.env["HF_HUB_OFFLINE"] == "1" and step.env["OMP_NUM_THREADS"] == "1"
+        assert step.argv[0] == sys.executable and Path(step.argv[1]).parent == ou_root / "src"
+        assert "accelerate" not in step.argv
+        if step.kind == "train":
+            assert set(train_overrides(model)) <= set(step.argv), step.name
+            assert arg(step, "trainer.args.learning_rate") == "0.001"  # the demo's unlearning schedule
+        else:
+            evaluated = arg(step, "model.model_args.pretrained_model_name_or_path")
+            assert set(eval_overrides(evaluated)) <= set(step.argv), step.name
+    trains = by_run(g, "train")
+    duet = trains["tofu_demo_forget10_DUET"]
+    assert arg(duet, "trainer.method_args.prefix.concepts") == '["Ana Vel","Bo Rune","Cy Ott"]'
+    assert arg(trains["tofu_demo_forget10_BiDistill"], "trainer.method_args.prefix.placement") == "user"
+    # RMU steers a layer the 6-layer demo model has (OU's default, layer 7, does not exist there).
+    assert arg(trains["tofu_demo_forget05_RMU"], "trainer.method_args.module_regex") == r"model\.layers\.2"
+    idk = Path(arg(trains["tofu_demo_forget05_IdkDPO"], "data.forget.TOFU_QA_forget_idk.args.idk_path"))
+    assert idk in g.files and g.files[idk].strip()
+    # forget_quality's reference exists for the demo's own split only.
+    evals = by_run(g, "eval")
+    assert arg(evals["tofu_demo_forget05_NPO"], "retain_logs_path") == str(demo.retain_logs)
+    assert arg(evals["tofu_demo_forget01_NPO"], "retain_logs_path") is None
+    robust = by_run(g, "robustness")["tofu_demo_forget05_NPO"]
+    assert arg(robust, "eval.tofu.metrics.relearn_attack.steps") == "10"
+
+
+def test_cpu_profile_errors(ou_root, demo_dir, tmp_path, capsys) -> None:
+    assert rp.main("muse", ["--ou-root", str(ou_root), "--profile", "cpu", "--demo-workdir", str(demo_dir)]) == 2
+    assert "no CPU profile for muse" in capsys.readouterr().err
+    assert rp.main("tofu", ["--ou-root", str(ou_root), "--profile", "cpu", "--dry-run"]) == 2
+    assert "--demo-workdir" in capsys.readouterr().err
+    (demo_dir / ".duet-plugin-demo").unlink()
+    assert rp.main("tofu", ["--ou-root", str(ou_root), "--profile", "cpu", "--demo-workdir", str(demo_dir)]) == 2
+    assert "not a duet-plugin demo folder" in capsys.readouterr().err
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(ou_root, demo_dir, tmp_path) -> None:
+    out_root = tmp_path / "runs"
+    common = ["--ou-root", str(ou_root), "--output-root", str(out_root), "--dry-run"]
+    for argv in (common, [*common, "--profile", "cpu", "--demo-workdir", str(demo_dir)]):
+        buf = io.StringIO()
+        assert rp.main("tofu", argv, out=buf) == 0
+        text = buf.getvalue()
+        commands = [line for line in text.splitlines() if line.startswith("cd ")]
+        # Per split: 14 runs (12 methods besides UNDO, UNDO on 2 teachers) x 3 commands + the original's 2.
+        assert len(commands) == 3 * (3 * 14 + 2)
+        for method in rp.METHODS["tofu"]:
+            assert f"_{method}" in text
+        # Each printed line is a shell command that parses back to the step's argv.
+        cwd, cmd = commands[2][3:].split(" && ", 1)
+        assert shlex.split(cwd) == [str(ou_root if "--profile" not in argv else demo_dir)]
+        assert "src/train.py" in cmd or "train.py" in cmd
+    assert not out_root.exists()
+
+
+def test_method_names_are_checked(ou_root, capsys) -> None:
+    assert [m.name for m in rp.resolve_methods("tofu", ["ce-u", "idkdpo", "DUET"])] == ["IdkDPO", "CEU", "DUET"]
+    with pytest.raises(ValueError) as err:
+        rp.resolve_methods("tofu", ["GradDif"])
+    for name in rp.METHODS["tofu"]:
+        assert name in str(err.value)
+    with pytest.raises(ValueError, match=r"not run on muse: .*raw text.*Valid methods for muse"):
+        rp.resolve_methods("muse", ["IdkDPO"])
+    assert rp.main("wmdp", ["--ou-root", str(ou_root), "--methods", "NPO", "--dry-run"]) == 2
+    err_text = capsys.readouterr().err
+    assert "NPO is not run on wmdp" in err_text and "RMU, DUET, BiDistill, UNDO" in err_text
+    assert rp.main("tofu", ["--ou-root", str(ou_root), "--splits", "forget07", "--dry-run"]) == 2
+    assert "forget01, forget05, forget10" in capsys.readouterr().err
+
+
+def test_list_methods_names_sources_and_skips(capsys) -> None:
+    assert rp.main("muse", ["--list-methods"]) == 0
+    text = capsys.readouterr().out
+    assert "scripts/muse_unlearn.sh" in text and "UNDIAL      skipped" in text
+
+
+def _step(tmp_path: Path, code: str, needs: tuple[Path, ...] = ()) -> rp.Step:
+    return rp.Step("train", "r", (sys.executable, "-c", code), tmp_path, tmp_path / "r", {"X_TEST": "1"}, needs)
+
+
+def test_run_grid_logs_marks_skips_and_reruns(tmp_path) -> None:
+    step = _step(tmp_path, "import os; print('ran', os.environ['X_TEST'])")
+    g = rp.Grid("tofu", "gpu", [step], files={tmp_path / "f.txt": "hello\n"})
+    out = io.StringIO()
+    rp.run_grid(g, out=out)
+    assert "ran 1" in step.log.read_text() and step.marker.read_text() == step.shell()
+    assert (tmp_path / "f.txt").read_text() == "hello\n"
+    step.log.write_text("")
+    rp.run_grid(g, out=out)
+    assert step.log.read_text() == "" and "skipped" in out.getvalue()  # same command: not run again
+    rp.run_grid(g, rerun=True, out=out)
+    assert "ran 1" in step.log.read_text()
+    changed = _step(tmp_path, "print('changed')")
+    rp.run_grid(rp.Grid("tofu", "gpu", [changed]), out=out)
+    assert "changed" in changed.log.read_text()  # another command in the same folder runs
+
+
+def test_run_grid_stops_on_failure_and_missing_inputs(tmp_path) -> None:
+    bad = _step(tmp_path, "import sys; print('boom'); sys.exit(3)")
+    with pytest.raises(rp.StepFailed, match=r"(?s)exit 3.*boom") as err:
+        rp.run_grid(rp.Grid("tofu", "gpu", [bad]), out=io.StringIO())
+    assert str(bad.log) in str(err.value) and not bad.marker.exists()
+    missing = tmp_path / "teacher"
+    code = (sys.executable, "-c", "print('should not run')")
+    waiting = rp.Step("train", "w", code, tmp_path, tmp_path / "w", {}, (missing,))
+    with pytest.raises(rp.StepFailed, match="teacher"):
+        rp.run_grid(rp.Grid("tofu", "gpu", [waiting]), out=io.StringIO())
+    assert not waiting.log.exists()
