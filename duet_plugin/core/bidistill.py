@@ -9,7 +9,10 @@ starting model::
                                                                                  ranks high and the teacher does not)
 
 ``D`` is Huber/MSE on raw logits, KL over the K indices plus a tail bucket, or BiLD's pairwise-difference KL.
-Adversarial records carry a prefill (the start of a forbidden answer); they are distilled at the position after it.
+Adversarial records carry a prefill (the start of a forbidden answer); the student is distilled at the position
+after it, towards the steered teacher's response start (``prefill_target: restart``: the teacher answers the bare
+question, so the student learns to deflect even after a forced start) or towards the teacher continuing the same
+forced start (``continue``, which only helps if the steered teacher itself deviates after a prefill).
 Ablations: ``w_push: 0`` with ``distance: huber`` on forget+retain is DUET's loss; ``distance: bild`` with both
 directions is BiLD's loss (teacher-led + student-led).
 
@@ -34,6 +37,9 @@ from duet_plugin.core.losses import BIDIRECTIONAL_DISTANCES, directed_loss, vali
 from duet_plugin.core.unified import STREAMS
 
 DIRECTIONS = ("pull", "push")
+#: What the student is aligned with after a prefill: the steered teacher's response start (``restart``: the teacher
+#: sees the bare question) or the teacher continuing the same forced start (``continue``).
+PREFILL_TARGETS = ("restart", "continue")
 KEY = "trainer.method_args"
 
 
@@ -81,6 +87,7 @@ class BiDistillConfig:
     w_pull: float = 1.0
     w_push: float = 1.0
     stream_weights: dict[str, dict[str, float]] = field(default_factory=default_stream_weights)
+    prefill_target: str = "restart"
     positions: str = "first"
     num_positions: int = 8
     teacher: str = "precomputed"
@@ -103,6 +110,8 @@ class BiDistillConfig:
             raise ValueError(f"{KEY}.w_pull and w_push must be >= 0.")
         if self.huber_delta <= 0 or self.bild_temperature <= 0:
             raise ValueError(f"{KEY}.huber_delta and bild_temperature must be positive.")
+        if self.prefill_target not in PREFILL_TARGETS:
+            raise ValueError(f"Unknown {KEY}.prefill_target {self.prefill_target!r}; use one of {PREFILL_TARGETS}.")
         if self.positions not in POSITIONS:
             raise ValueError(f"Unknown {KEY}.positions {self.positions!r}; use one of {POSITIONS}.")
         if self.teacher not in TEACHER_MODES:

@@ -139,6 +139,9 @@ class TeacherStudentCollator:
         prefix: the rendered teacher prefix text; ``None`` makes the teacher view equal the student view.
         placement: where the prefix goes (``auto``, ``system``, ``user``); see ``PromptRenderer``.
         extra_prefixes: further teacher prefixes (several-teacher DUET); each adds one view under ``EXTRA_VIEWS``.
+        teacher_prefill: whether teacher views carry a record's prefill too (``True``: the teacher continues the
+            same forced start; ``False``: the teacher answers the bare question, so after a prefill the student is
+            aligned with the teacher's response start).
     """
 
     def __init__(
@@ -148,8 +151,10 @@ class TeacherStudentCollator:
         prefix: str | None = None,
         placement: str = "auto",
         extra_prefixes: Sequence[str] = (),
+        teacher_prefill: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
+        self.teacher_prefill = teacher_prefill
         self.template_args = template_args
         self.placement = placement
         self.prefix = prefix
@@ -170,8 +175,11 @@ class TeacherStudentCollator:
         prefix: str | None = None,
         placement: str | None = None,
         extra_prefixes: Sequence[str] = (),
+        teacher_prefill: bool | None = None,
     ) -> TeacherStudentCollator:
         """Set what the trainer resolved (template args it was given, the final prefix texts)."""
+        if teacher_prefill is not None:
+            self.teacher_prefill = teacher_prefill
         if template_args is not None:
             self.template_args = template_args
         if placement is not None:
@@ -186,9 +194,12 @@ class TeacherStudentCollator:
         pad = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pad is None else pad
 
-    def view_ids(self, record: Mapping[str, Any], prefix: str | None = None) -> list[int]:
-        """One view's ids: the rendered prompt (with ``prefix`` for a teacher view), then the record's prefill."""
+    def view_ids(self, record: Mapping[str, Any], prefix: str | None = None, with_prefill: bool = True) -> list[int]:
+        """One view's ids: the rendered prompt (with ``prefix`` for a teacher view), then the record's prefill
+        (unless ``with_prefill`` is false)."""
         ids = self.renderer.prompt_ids(record["prompt"], prefix)
+        if not with_prefill:
+            return ids
         prefill = record.get("prefill")
         if prefill is not None and not isinstance(prefill, str):
             what = type(prefill).__name__
@@ -203,14 +214,15 @@ class TeacherStudentCollator:
         if "prompt" not in instances[0]:
             return {key: self([inst[key] for inst in instances]) for key in instances[0]}
         student = [self.view_ids(inst) for inst in instances]
-        teacher = student if self.prefix is None else [self.view_ids(inst, self.prefix) for inst in instances]
+        same = self.prefix is None and (self.teacher_prefill or not any(inst.get("prefill") for inst in instances))
+        teacher = student if same else [self.view_ids(inst, self.prefix, self.teacher_prefill) for inst in instances]
         batch: dict[str, Any] = views_from_ids(student, teacher, self.pad_id)
         if self.extra_prefixes:
             batch[EXTRA_VIEWS] = [
                 {
                     k: v
                     for k, v in views_from_ids(
-                        student, [self.view_ids(inst, p) for inst in instances], self.pad_id
+                        student, [self.view_ids(inst, p, self.teacher_prefill) for inst in instances], self.pad_id
                     ).items()
                     if k in TEACHER_VIEW_KEYS
                 }

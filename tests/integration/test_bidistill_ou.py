@@ -118,6 +118,9 @@ def test_precomputed_full_store_and_online_trainers_agree(ou_imported, workspace
         _trainer(ou_imported, copy.deepcopy(model), tok, ds, tmp_path, chat_args, teacher=t, store_top_k=None, top_k=5)
         for t in ("precomputed", "online")
     )
+    assert pre.data_collator.teacher_prefill is False  # prefill_target=restart: the teacher sees the bare question
+    cont = _trainer(ou_imported, copy.deepcopy(model), tok, ds, tmp_path, chat_args, prefill_target="continue")
+    assert cont.data_collator.teacher_prefill is True
     pre.targets = pre.precompute_targets()
     assert pre.targets.streams() == ["adversarial", "boundary", "forget", "retain"]
     torch.manual_seed(0)

@@ -176,3 +176,21 @@ def test_training_on_the_push_term_lowers_what_the_teacher_does_not_rank(tiny_mo
         s1 = at(student, "student_input_ids", "student_attention_mask", "student_positions")
         gap1 = (s1.gather(-1, top) - t.gather(-1, top)).abs().sum()
     assert gap1 < gap0
+
+
+def test_restart_aligns_prefilled_students_with_the_teachers_response_start(tiny_model, tokenizer, chat_args, streams):
+    """With the teacher view unprefilled, the adversarial targets are exactly the teacher's targets for the bare
+    forget questions: after a forced start the student is taught the teacher's deflection."""
+    from duet_plugin.core.duet import teacher_targets
+
+    restart = TeacherStudentCollator(tokenizer, chat_args, prefix=PREFIX, teacher_prefill=False)
+    cfg = BiDistillConfig(teacher="online").teacher_config(len(tokenizer))
+    eos = [tokenizer.eos_token_id]
+    adversarial, _, _ = teacher_targets(tiny_model, restart(streams["adversarial"]), cfg, restart.pad_id, eos)
+    forget, _, _ = teacher_targets(tiny_model, restart(streams["forget"]), cfg, restart.pad_id, eos)
+    assert torch.equal(adversarial.indices, forget.indices) and torch.allclose(adversarial.values, forget.values)
+    continued = TeacherStudentCollator(tokenizer, chat_args, prefix=PREFIX)
+    after_prefill, _, _ = teacher_targets(tiny_model, continued(streams["adversarial"]), cfg, restart.pad_id, eos)
+    assert not torch.allclose(after_prefill.values, forget.values)
+    with pytest.raises(ValueError, match="prefill_target"):
+        BiDistillConfig(prefill_target="resume")

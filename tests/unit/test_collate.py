@@ -123,3 +123,18 @@ def test_prefill_is_appended_to_both_views_and_aligned_after_it(tokenizer, templ
             assert tokenizer.decode(ids).strip() == prefill
     with pytest.raises(ValueError, match="prefill must be the start of the answer as text, not list"):
         collator([{"prompt": QUERIES[0], "prefill": [1, 2]}])
+
+
+def test_teacher_without_prefill_is_aligned_at_its_response_start(tokenizer, template_args) -> None:
+    """teacher_prefill=False: the student view ends after the prefill, the teacher view is the bare question, and the
+    aligned positions are the student's post-prefill token and the teacher's generation prompt."""
+    records = [{**r, "prefill": "He was born in"} for r in _records("adversarial")]
+    restart = TeacherStudentCollator(tokenizer, template_args, prefix=PREFIX, teacher_prefill=False)(records)
+    continued = TeacherStudentCollator(tokenizer, template_args, prefix=PREFIX)(records)
+    plain = TeacherStudentCollator(tokenizer, template_args, prefix=PREFIX)(_records())
+    for key in ("teacher_input_ids", "teacher_attention_mask", "teacher_positions"):
+        assert torch.equal(restart[key], plain[key])
+    for key in ("student_input_ids", "student_attention_mask", "student_positions"):
+        assert torch.equal(restart[key], continued[key])
+    unprefixed = TeacherStudentCollator(tokenizer, template_args, teacher_prefill=False)(records)
+    assert not torch.equal(unprefixed["teacher_input_ids"], unprefixed["student_input_ids"])

@@ -37,6 +37,7 @@ class BiDistill(DUET):
         w_pull: float = 1.0,
         w_push: float = 1.0,
         stream_weights: Mapping[str, Any] | None = None,
+        prefill_target: str = "restart",
         positions: str = "first",
         num_positions: int = 8,
         teacher: str = "precomputed",
@@ -56,6 +57,7 @@ class BiDistill(DUET):
             w_pull=w_pull,
             w_push=w_push,
             stream_weights=stream_weights,
+            prefill_target=prefill_target,
             positions=positions,
             num_positions=num_positions,
             teacher=teacher,
@@ -82,6 +84,12 @@ class BiDistill(DUET):
             teachers=teachers,
             *args,  # noqa: B026 - OU passes everything by keyword; args is empty
             **kwargs,
+        )
+        self.data_collator.configure(
+            template_args=self.data_collator.template_args,
+            prefix=self.data_collator.prefix,
+            extra_prefixes=self.data_collator.extra_prefixes,
+            teacher_prefill=self.bi.prefill_target == "continue",
         )
 
     def objective(self, model: Any, streams: Mapping[str, Any]) -> tuple[Any, dict[str, float]]:
