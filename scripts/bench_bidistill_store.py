@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from duet_plugin.core.collate import TeacherStudentCollator, gather_positions
-from duet_plugin.core.converters import adversarial_records
+from duet_plugin.core.converters import prefilled_records
 from duet_plugin.core.losses import directed_loss, select_topk
 from duet_plugin.core.teacher import PrefixSpec, derive_concepts
 from duet_plugin.core.unified import UnifiedRecord
@@ -67,7 +67,7 @@ def main() -> None:
         concepts = derive_concepts(text, [f"{r['question']} {r['answer']}" for r in retain])
         prefix = PrefixSpec(name="never_heard_of", concepts=tuple(concepts), placement="user").render()
     records = [UnifiedRecord(prompt=r["question"], response=r["answer"]) for r in forget]
-    records += adversarial_records(records, [2])
+    records += prefilled_records(records, [2])
     collator = TeacherStudentCollator(tok, {"apply_chat_template": True, "system_prompt": None}, prefix, "user")
     batch = collator([r.to_dict() for r in records])
     with torch.no_grad():

@@ -5,13 +5,12 @@ Run after ``duet-plugin demo --workdir DIR`` (it reuses DIR's fine-tuned model, 
     python scripts/demo_bidistill.py --workdir DIR --ou-root $OU_ROOT
 
 Trains ``experiment=unlearn/tofu/bidistill`` from the demo's fine-tuned model with the demo's teacher prefix and
-DUET's schedule, in five variants: full (pull + push; forget, retain, boundary = real authors + world facts,
-adversarial = forget answers with 2 or 4 words prefilled, aligned with the teacher's response start), without push
-(``w_push=0``), without the boundary stream, with the BiLD distance, and with ``prefill_target=continue`` (the teacher
-continues the prefilled answer). Every model (the fine-tuned one, the steered teacher on the demo's prefixed copy of
-the data, the demo's DUET and each BiDistill) is then evaluated with OU's TOFU metrics plus ``over_refusal``
-(boundary refusals) and ``prefill_attack`` (k = 2, 4, 8 answer tokens seeded into the assistant turn). Prints one
-markdown table and writes it to DIR/bidistill_results.md.
+DUET's schedule: full (pull + push; forget, retain with 2- and 4-word prefilled retain answers, boundary = real
+authors + world facts, adversarial = forget answers with 2 or 4 words prefilled, aligned with the teacher's response
+start), and one ablation per switch (``VARIANTS``). Every model (the fine-tuned one, the steered teacher on the demo's
+prefixed copy of the data, the demo's DUET and each BiDistill) is then evaluated with OU's TOFU metrics plus
+``over_refusal`` (boundary refusals) and ``prefill_attack`` (k = 2, 4, 8 answer tokens seeded into the assistant
+turn). Prints one markdown table and writes it to DIR/bidistill_results.md.
 """
 
 from __future__ import annotations
@@ -28,8 +27,10 @@ from duet_plugin.openunlearning.cpu_overrides import train_overrides
 
 VARIANTS = {
     "BiDistill": [],
+    "BiDistill, no prefilled retain": ["data.forget.BiDistill_TOFU.args.prefilled_retain=null"],
     "BiDistill, no push": ["trainer.method_args.w_push=0"],
     "BiDistill, no boundary": ["data.forget.BiDistill_TOFU.args.streams.boundary=null"],
+    "BiDistill, no adversarial": ["data.forget.BiDistill_TOFU.args.adversarial_from_forget=null"],
     "BiDistill, BiLD distance": ["trainer.method_args.distance=bild"],
     "BiDistill, prefill_target=continue": ["trainer.method_args.prefill_target=continue"],
 }
@@ -161,7 +162,8 @@ def main() -> None:
         f"Teacher prefix: {prefix}\n\nSchedule (all unlearning runs): {demo.settings.unlearn_epochs} epochs over the "
         f"forget split, lr {demo.settings.unlearn_lr}, batch {demo.settings.unlearn_batch_size}, positions first, "
         "precomputed targets (BiDistill: K' = 256 stored). Boundary = TOFU real authors + world facts; adversarial = "
-        "forget answers with 2 and 4 words prefilled. Prefill attack: the first k answer tokens seeded into the "
+        "forget answers with 2 and 4 words prefilled; prefilled retain answers (2, 4 words). Prefill attack: the "
+        "first k answer tokens seeded into the "
         "assistant turn, ROUGE-L recall of the continuation against the rest of the answer."
     )
     (w / "bidistill_results.md").write_text(

@@ -139,9 +139,10 @@ class TeacherStudentCollator:
         prefix: the rendered teacher prefix text; ``None`` makes the teacher view equal the student view.
         placement: where the prefix goes (``auto``, ``system``, ``user``); see ``PromptRenderer``.
         extra_prefixes: further teacher prefixes (several-teacher DUET); each adds one view under ``EXTRA_VIEWS``.
-        teacher_prefill: whether teacher views carry a record's prefill too (``True``: the teacher continues the
-            same forced start; ``False``: the teacher answers the bare question, so after a prefill the student is
-            aligned with the teacher's response start).
+        teacher_prefill: whether teacher views of *adversarial* records carry their prefill too (``True``: the
+            teacher continues the same forced start; ``False``: the teacher answers the bare question, so after a
+            forbidden start the student is aligned with the teacher's response start). Prefilled records of other
+            streams (allowed starts, e.g. retain answers) always carry it in both views.
     """
 
     def __init__(
@@ -214,15 +215,16 @@ class TeacherStudentCollator:
         if "prompt" not in instances[0]:
             return {key: self([inst[key] for inst in instances]) for key in instances[0]}
         student = [self.view_ids(inst) for inst in instances]
-        same = self.prefix is None and (self.teacher_prefill or not any(inst.get("prefill") for inst in instances))
-        teacher = student if same else [self.view_ids(inst, self.prefix, self.teacher_prefill) for inst in instances]
+        keep = [self.teacher_prefill or inst.get("stream") != "adversarial" for inst in instances]
+        same = self.prefix is None and all(keep)
+        teacher = student if same else [self.view_ids(i, self.prefix, k) for i, k in zip(instances, keep, strict=True)]
         batch: dict[str, Any] = views_from_ids(student, teacher, self.pad_id)
         if self.extra_prefixes:
             batch[EXTRA_VIEWS] = [
                 {
                     k: v
                     for k, v in views_from_ids(
-                        student, [self.view_ids(inst, p, self.teacher_prefill) for inst in instances], self.pad_id
+                        student, [self.view_ids(i, p, k) for i, k in zip(instances, keep, strict=True)], self.pad_id
                     ).items()
                     if k in TEACHER_VIEW_KEYS
                 }

@@ -139,9 +139,12 @@ def prefill_split(answer: str, words: int) -> tuple[str, str] | None:
     return " ".join(tokens[:words]), " ".join(tokens[words:])
 
 
-def adversarial_records(records: Iterable[UnifiedRecord], prefill_words: Sequence[int]) -> list[UnifiedRecord]:
-    """Prefill-attack records from records with a reference answer: for each length ``k`` the question with the
-    answer's first ``k`` words as prefill and the rest as response (records whose answer is too short are skipped)."""
+def prefilled_records(
+    records: Iterable[UnifiedRecord], prefill_words: Sequence[int], stream: str = "adversarial"
+) -> list[UnifiedRecord]:
+    """Prefilled records from records with a reference answer: for each length ``k`` the question with the answer's
+    first ``k`` words as prefill and the rest as response (records whose answer is too short are skipped).
+    ``adversarial``: forbidden starts the model must deviate from; ``retain``: allowed starts it must continue."""
     if not prefill_words or any(int(k) < 1 for k in prefill_words):
         raise ValueError(f"prefill_words must be positive word counts, got {list(prefill_words)}.")
     out = []
@@ -152,7 +155,7 @@ def adversarial_records(records: Iterable[UnifiedRecord], prefill_words: Sequenc
                 out.append(
                     UnifiedRecord(
                         prompt=record.prompt,
-                        stream="adversarial",
+                        stream=stream,
                         source=record.source,
                         prefill=split[0],
                         response=split[1],

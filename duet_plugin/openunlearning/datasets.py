@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from duet_plugin.core.converters import adversarial_records
+from duet_plugin.core.converters import prefilled_records
 from duet_plugin.core.unified import STREAMS, UnifiedRecord, records_from_qa, records_from_text
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,10 @@ class UnifiedStreamsDataset(StreamsDataset):
             ``source``, ``question_key``, ...). A null stream is left out. ``forget`` is required; a missing optional
             stream is logged once; a stream whose sources give no record is an error naming them.
         adversarial_from_forget: ``{prefill_words: [k, ...]}`` adds adversarial records made from the forget
-            records' answers (the first k words prefilled), to any ``adversarial`` sources given.
+            records' answers (the first k words prefilled: forbidden starts), to any ``adversarial`` sources given.
+        prefilled_retain: ``{prefill_words: [k, ...]}`` adds retain records with the first k words of the retain
+            answers prefilled (allowed starts the teacher continues), so that deviating after a forbidden start does
+            not become deviating after any start.
     """
 
     def __init__(
@@ -173,6 +176,7 @@ class UnifiedStreamsDataset(StreamsDataset):
         tokenizer: Any = None,
         anchor: str = "forget",
         adversarial_from_forget: Mapping[str, Any] | None = None,
+        prefilled_retain: Mapping[str, Any] | None = None,
     ) -> None:
         built: dict[str, list[UnifiedRecord]] = {}
         for name, specs in dict(streams).items():
@@ -188,15 +192,22 @@ class UnifiedStreamsDataset(StreamsDataset):
             built[name] = records
         if "forget" not in built:
             raise ValueError("UnifiedStreamsDataset needs a forget stream (streams.forget).")
-        if adversarial_from_forget:
-            words = list(adversarial_from_forget.get("prefill_words") or [])
-            derived = adversarial_records(built["forget"], words)
+        for option, spec, source, target in (
+            ("adversarial_from_forget", adversarial_from_forget, "forget", "adversarial"),
+            ("prefilled_retain", prefilled_retain, "retain", "retain"),
+        ):
+            if not spec:
+                continue
+            if source not in built:
+                raise ValueError(f"{option} needs a {source} stream to take answers from (streams.{source}).")
+            words = list(spec.get("prefill_words") or [])
+            derived = prefilled_records(built[source], words, stream=target)
             if not derived:
                 raise ValueError(
-                    f"No forget record has an answer longer than {min(words)} words to prefill: lower "
-                    f"adversarial_from_forget.prefill_words ({words}) or set adversarial_from_forget to null."
+                    f"No {source} record has an answer longer than {min(words)} words to prefill: lower "
+                    f"{option}.prefill_words ({words}) or set {option} to null."
                 )
-            built["adversarial"] = built.get("adversarial", []) + derived
+            built[target] = built.get(target, []) + derived
         missing = [s for s in STREAMS if s not in built]
         if missing:
             logger.info("UnifiedStreamsDataset: no %s stream(s); training on %s", ", ".join(missing), sorted(built))

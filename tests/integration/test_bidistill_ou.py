@@ -56,6 +56,18 @@ def test_streams_dataset_serves_every_stream(ou_imported, workspace, authors_dat
     assert len(item["adversarial"]["prefill"].split()) == 2
     assert not [r for r in caplog.records if "no " in r.getMessage() and "stream" in r.getMessage()]
 
+    with_anchors = _streams(
+        ou_imported,
+        workspace,
+        streams={"forget": _spec(workspace, "forget10"), "retain": _spec(workspace, "retain90")},
+        prefilled_retain={"prefill_words": [2]},
+    )
+    prefilled = [r for r in with_anchors.streams["retain"].records if r.prefill]
+    assert len(prefilled) == len(configs["retain90"]) and all(r.stream == "retain" for r in prefilled)
+    with pytest.raises(ValueError, match="prefilled_retain needs a retain stream"):
+        _streams(ou_imported, workspace, streams={"forget": _spec(workspace, "forget10")},
+                 prefilled_retain={"prefill_words": [2]})  # fmt: skip
+
     caplog.clear()
     with caplog.at_level(logging.INFO):
         only = _streams(ou_imported, workspace, streams={"forget": _spec(workspace, "forget10"), "boundary": None})
@@ -180,6 +192,7 @@ def test_muse_and_wmdp_bidistill_train(run_ou, workspace, benchmark) -> None:
             "++trainer.args.max_steps=2",
             # the workspace's sentences are short: 8 words shown, 1 prefilled, at least 1 left to predict
             f"data.forget.BiDistill_{benchmark.upper()}.args.adversarial_from_forget.prefill_words=[1]",
+            f"data.forget.BiDistill_{benchmark.upper()}.args.prefilled_retain.prefill_words=[1]",
         ],
     )
     log = proc.stdout + proc.stderr

@@ -138,3 +138,7 @@ def test_teacher_without_prefill_is_aligned_at_its_response_start(tokenizer, tem
         assert torch.equal(restart[key], continued[key])
     unprefixed = TeacherStudentCollator(tokenizer, template_args, teacher_prefill=False)(records)
     assert not torch.equal(unprefixed["teacher_input_ids"], unprefixed["student_input_ids"])
+    # Prefilled records of other streams (allowed starts) keep the prefill in the teacher view.
+    allowed = [{**r, "stream": "retain"} for r in records]
+    kept = TeacherStudentCollator(tokenizer, template_args, prefix=PREFIX, teacher_prefill=False)(allowed)
+    assert torch.equal(kept["teacher_input_ids"], continued["teacher_input_ids"])

@@ -229,8 +229,8 @@ def test_qa_file_fed_to_the_text_reader_is_an_error(tmp_path, authors_dataset) -
         read_wmdp_texts(empty)
 
 
-def test_adversarial_records_prefill_each_answer_at_each_length() -> None:
-    from duet_plugin.core.converters import adversarial_records
+def test_prefilled_records_prefill_each_answer_at_each_length() -> None:
+    from duet_plugin.core.converters import prefilled_records
     from duet_plugin.core.unified import UnifiedRecord
 
     forget = [
@@ -238,11 +238,11 @@ def test_adversarial_records_prefill_each_answer_at_each_length() -> None:
         UnifiedRecord(prompt="Who is Y?", response="A poet."),
         UnifiedRecord(prompt="No answer here?"),
     ]
-    out = adversarial_records(forget, [2, 4])
+    out = prefilled_records(forget, [2, 4])
     assert [(r.prefill, r.response) for r in out] == [
         ("X was", "born in Valdomir in 1950."),
         ("X was born in", "Valdomir in 1950."),
     ]  # "A poet." has no word left after a 2-word prefill; no answer, no record
     assert all(r.stream == "adversarial" and r.prompt == "Where was X born?" and r.concept == "X" for r in out)
     with pytest.raises(ValueError, match="positive word counts"):
-        adversarial_records(forget, [0])
+        prefilled_records(forget, [0])
