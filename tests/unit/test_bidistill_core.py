@@ -26,11 +26,11 @@ def streams(authors_dataset):
     retain = authors_dataset.configs["retain90"][:4]
     boundary = authors_dataset.configs["world_facts_perturbed"][:4]
     return {
-        "forget": [{"prompt": r["question"], "index": i} for i, r in enumerate(forget)],
-        "retain": [{"prompt": r["question"], "index": i} for i, r in enumerate(retain)],
-        "boundary": [{"prompt": r["question"], "index": i} for i, r in enumerate(boundary)],
+        "forget": [{"prompt": r["question"], "stream": "forget", "index": i} for i, r in enumerate(forget)],
+        "retain": [{"prompt": r["question"], "stream": "retain", "index": i} for i, r in enumerate(retain)],
+        "boundary": [{"prompt": r["question"], "stream": "boundary", "index": i} for i, r in enumerate(boundary)],
         "adversarial": [
-            {"prompt": r["question"], "prefill": " ".join(r["answer"].split()[:3]), "index": i}
+            {"prompt": r["question"], "prefill": " ".join(r["answer"].split()[:3]), "stream": "adversarial", "index": i}
             for i, r in enumerate(forget)
         ],
     }
