@@ -125,19 +125,25 @@ def _ou_pins(root: Path) -> dict[str, str]:
 def _check_registration(root: Path) -> Check:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import data, model, trainer, evals;"
-        "from duet_plugin.openunlearning.registration import register;"
-        "register(); import evals.metrics as m;"
-        "print({'DUET', 'UNDO'} <= set(trainer.TRAINER_REGISTRY) and 'quantization_attack' in m.METRICS_REGISTRY)"
+        "import data, model, trainer, evals, evals.metrics;"
+        "from duet_plugin.openunlearning.registration import _components, register;"
+        "register();"
+        "names = [(a, n, n in getattr(sys.modules[m], a)) for m, a, e in _components() for n in e];"
+        "print('REGISTERED', len(names), ','.join(n for _, n, ok in names if not ok) or '-')"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(root / "src")], capture_output=True, text=True, cwd=root, timeout=300
     )
-    if proc.returncode == 0 and proc.stdout.strip().endswith("True"):
+    result = next((line.split() for line in proc.stdout.splitlines() if line.startswith("REGISTERED")), None)
+    if proc.returncode == 0 and result is not None:
+        _, count, missing = result
+        if missing == "-":
+            return Check("registration", "ok", f"OU imports; all {count} plugin components are in OU's registries")
         return Check(
             "registration",
-            "ok",
-            "OU imports; DUET, UNDO, UnifiedQueryDataset, DUETCollator, quantization_attack registered",
+            "fail",
+            f"not in OU's registries after register(): {missing}",
+            "reinstall the plugin (pip install -e .) and check for a name clash warning",
         )
     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return Check(
