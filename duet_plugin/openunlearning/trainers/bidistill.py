@@ -16,8 +16,8 @@ from duet_plugin.core.ensemble import vocab_size
 from duet_plugin.core.losses import validate_top_k
 from duet_plugin.openunlearning.trainers.duet import DUET, reject_unknown_options
 
-#: What ``trainer.method_args`` may hold: the prefix spec, the teacher list, every BiDistillConfig field.
-METHOD_ARGS = ("prefix", "teachers", *BiDistillConfig.__dataclass_fields__)
+#: What ``trainer.method_args`` may hold: the prefix spec, the teacher list, LoRA, every BiDistillConfig field.
+METHOD_ARGS = ("prefix", "teachers", "lora", *BiDistillConfig.__dataclass_fields__)
 
 
 class BiDistill(DUET):
@@ -43,6 +43,7 @@ class BiDistill(DUET):
         teacher: str = "precomputed",
         teacher_batch_size: int = 16,
         teachers: Any = None,
+        lora: Any = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -82,6 +83,7 @@ class BiDistill(DUET):
             teacher=teacher,
             teacher_batch_size=teacher_batch_size,
             teachers=teachers,
+            lora=lora,
             *args,  # noqa: B026 - OU passes everything by keyword; args is empty
             **kwargs,
         )

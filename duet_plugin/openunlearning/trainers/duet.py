@@ -3,23 +3,29 @@
 Thin adapter: the loss, the teacher targets, the views and the prefix are framework-free (``duet_plugin.core``);
 this class validates the config before any compute, converts OU's datasets into unified queries, picks the
 teacher (precomputed targets from the starting weights, or a frozen copy prepared like OU's reference model) and
-wires everything into ``compute_loss``.
+wires everything into ``compute_loss``. With ``lora`` (``duet_plugin.core.lora``) the student is the starting model
+plus peft adapters, the starting-model teacher is the same model with its adapters disabled (no copy) and the
+output_dir receives the merged plain model.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from trainer.unlearn.base import UnlearnTrainer
 from trainer.unlearn.grad_diff import GradDiff
 from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, duet_loss, precompute_targets
 from duet_plugin.core.ensemble import check_checkpoint, parse_teachers, vocab_size
+from duet_plugin.core.lora import LORA_KEY, AdaptersDisabled, LoRAConfig, is_peft_model, save_merged, wrap
 from duet_plugin.core.losses import validate_top_k
 from duet_plugin.core.teacher import PrefixSpec, derive_concepts
 from duet_plugin.openunlearning.collators import DUETCollator
@@ -29,8 +35,8 @@ from duet_plugin.openunlearning.trainers.teachers import ensemble, load_teachers
 logger = logging.getLogger(__name__)
 
 
-#: What ``trainer.method_args`` may hold: the prefix spec, the teacher list, every DUETConfig field.
-METHOD_ARGS = ("prefix", "teachers", *DUETConfig.__dataclass_fields__)
+#: What ``trainer.method_args`` may hold: the prefix spec, the teacher list, LoRA, every DUETConfig field.
+METHOD_ARGS = ("prefix", "teachers", "lora", *DUETConfig.__dataclass_fields__)
 TEACHERS_KEY = "trainer.method_args.teachers"
 
 
@@ -76,10 +82,12 @@ class DUET(UnlearnTrainer):
         teacher: str = "precomputed",
         teacher_batch_size: int = 16,
         teachers: Any = None,
+        lora: Any = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
         reject_unknown_options(kwargs)
+        self.lora = LoRAConfig.from_config(lora)
         self.duet = DUETConfig(
             top_k=top_k,
             distance=distance,
@@ -99,6 +107,10 @@ class DUET(UnlearnTrainer):
         model = kwargs.get("model")
         if model is not None:
             validate_top_k(top_k, vocab_size(model))
+        if self.lora is not None:
+            if model is None:
+                raise ValueError(f"{LORA_KEY} needs the model (OU passes it to every trainer).")
+            kwargs["model"] = wrap(model, self.lora)  # checks target_modules first
         tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
         if tokenizer is None:
             raise ValueError("DUET needs the model's tokenizer (OU passes it to every trainer).")
@@ -137,6 +149,12 @@ class DUET(UnlearnTrainer):
         logger.info("DUET teacher prefix (%s placement): %s", collator.renderer.placement, self.prefix_text)
 
         super().__init__(*args, **kwargs)
+        if self.lora is not None and self.is_deepspeed_enabled:
+            if self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+                raise NotImplementedError(
+                    f"{LORA_KEY} with DeepSpeed ZeRO-3 is not supported yet (merging the adapters for saving needs "
+                    f"the full weights); use ZeRO-2 or one process, or set {LORA_KEY}=null."
+                )
         # Our loss is a mean per stream: let HF scale it for gradient accumulation (transformers >= 4.46 skips
         # that scaling for models whose forward accepts loss kwargs, expecting num_items_in_batch to be used).
         self.model_accepts_loss_kwargs = False
@@ -170,17 +188,21 @@ class DUET(UnlearnTrainer):
     def _pad_id(self) -> int:
         return self.data_collator.pad_id
 
-    def _teacher(self, online: bool) -> Any:
-        """The teacher: the starting model (a frozen copy when online), or the configured ``teachers`` ensemble.
+    def _starting_model(self, online: bool) -> Any:
+        """The starting model as a teacher. With LoRA: the student itself with its adapters disabled (the frozen
+        base, exactly; no copy, both modes). Else online: a frozen copy prepared like OU's reference model
+        (deepcopy, eval, DeepSpeed/accelerate aware); precomputed: the model itself, before training."""
+        if self.lora is not None:
+            return AdaptersDisabled(self.model)
+        return GradDiff._prepare_ref_model(self, self.model) if online else self.model
 
-        The starting model and frozen copies are prepared exactly like OU's reference model (deepcopy, eval,
-        DeepSpeed/accelerate aware); checkpoint teachers are loaded here (for precomputed targets: only while
-        the targets are computed).
-        """
+    def _teacher(self, online: bool) -> Any:
+        """The teacher: the starting model (see :meth:`_starting_model`), or the configured ``teachers`` ensemble,
+        whose checkpoint members are loaded here (for precomputed targets: only while the targets are computed)."""
         if not self.teacher_specs:
-            return GradDiff._prepare_ref_model(self, self.model) if online else self.model
+            return self._starting_model(online)
         needs_self = any(t.path is None for t in self.teacher_specs)
-        own = (GradDiff._prepare_ref_model(self, self.model) if online else self.model) if needs_self else None
+        own = self._starting_model(online) if needs_self else None
         on_disk = [t for t in self.teacher_specs if t.path is not None]
         loaded = iter(
             prepare_frozen(self, m) if online else m.to(self.accelerator.device)
@@ -190,7 +212,8 @@ class DUET(UnlearnTrainer):
         return ensemble(models, self.teacher_specs, self.teacher_views)
 
     def precompute_targets(self) -> TeacherTargetStore:
-        """Teacher targets for every forget/retain query, from the current (starting) weights, once."""
+        """Teacher targets for every forget/retain query, from the starting weights, once (with LoRA: from the
+        base with the adapters disabled, which at ``train()`` start also equals the adapted model, B = 0)."""
         store = precompute_targets(
             self._teacher(online=False),
             stream_datasets(self.train_dataset),
@@ -212,6 +235,19 @@ class DUET(UnlearnTrainer):
         if self.duet.teacher == "precomputed" and self.targets is None:
             self.targets = self.precompute_targets()
         return super().train(*args, **kwargs)
+
+    # -- saving --------------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        """With LoRA: a plain merged checkpoint (what OU's eval.py loads) plus the adapter in ``adapter/``; the
+        trained model keeps its adapters unmerged. Else HF's own saving."""
+        if not is_peft_model(self.model):
+            return super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        save_merged(self.model, output_dir, safe_serialization=self.args.save_safetensors)
+        if self._tokenizer is not None:
+            self._tokenizer.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        return None
 
     # -- loss ----------------------------------------------------------------------------------------------
     def compute_loss(

@@ -4,6 +4,7 @@ Thin adapter over ``duet_plugin.core`` (noise, loss, recovery gap): it checks th
 compute, starts the student from the teacher's weights (or from ``model=``), applies shrink-and-perturb, distils with
 forward KL on the retain (generic) stream of OU's unlearning data, and stops through
 :class:`RetainRecoveryCallback` once the student's retain loss is back within ``1 - recovery`` of the teacher's.
+``lora`` must stay null: a LoRA student cannot re-learn the noised weights (:data:`LORA_REFUSAL` says why).
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from duet_plugin.openunlearning.trainers.teachers import ensemble, load_teachers
 logger = logging.getLogger(__name__)
 
 TEACHER_KEY = "trainer.method_args.teacher"
-METHOD_ARGS = ("teacher", *UNDOConfig.__dataclass_fields__)
+METHOD_ARGS = ("teacher", "lora", *UNDOConfig.__dataclass_fields__)
+#: Why ``lora`` must stay null for UNDO.
+LORA_REFUSAL = (
+    "UNDO does not support LoRA (trainer.method_args.lora must be null): UNDO damages every weight of the student "
+    "(shrink-and-perturb) and robustness comes from distillation re-learning all of them. LoRA would freeze the "
+    "damaged base and train a rank-r update, which cannot undo a full-rank shrink or noise (the student would not "
+    "recover the teacher), while without noise the student would keep the teacher's weights and their latent "
+    "knowledge. Set trainer.method_args.lora=null; to save memory use gradient checkpointing "
+    "(trainer.args.gradient_checkpointing=true) or a smaller per_device_train_batch_size."
+)
 
 
 def distillation_dataset(train_dataset: Any, streams: list[str]) -> Any:
@@ -119,9 +129,11 @@ class RetainRecoveryCallback(TrainerCallback):
 class UNDO(UnlearnTrainer):
     """``trainer=UNDO``: see ``configs/trainer/UNDO.yaml`` for every option."""
 
-    def __init__(self, teacher: Any = None, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, teacher: Any = None, lora: Any = None, *args: Any, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in UNDOConfig.__dataclass_fields__}
         reject_unknown_options(kwargs, "UNDO", METHOD_ARGS, "undo")
+        if lora is not None and lora is not False:
+            raise ValueError(LORA_REFUSAL)
         self.undo = UNDOConfig(**options)
         specs = parse_teachers(teacher, TEACHER_KEY)
         if not specs:
