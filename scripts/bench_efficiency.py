@@ -14,8 +14,9 @@ batches of ``--batch-size`` forget+retain pairs:
   pairs' B retain examples plus B more retain examples (2B sequences, as many as a pair batch holds).
 
 Step time: methods are interleaved step by step (round-robin, order rotated every step) so that machine noise hits
-all alike; after ``--warmup`` steps, ``--repeats`` passes over the same ``--steps`` batches; each pass gives a
-median per method, the tables show the median of those and their range, and ratios are taken per pass.
+all alike; after a warmup (default: one untimed pass over the batches), ``--repeats`` passes over the same
+``--steps`` batches; each pass gives a median per method, the tables show the median of those and their range, and
+ratios are taken per pass. Wall-clock and process CPU time are both recorded.
 The one-off precomputation of DUET's / BiDistill's targets is excluded from step time and reported on its own.
 
 Memory (CPU): ``held`` = bytes of the tensors the trainer keeps between steps (trainable model, frozen reference or
@@ -186,7 +187,8 @@ def _storages(tensors: Any) -> dict[int, int]:
 
 
 def held_bytes(trainer: Any) -> dict[str, int]:
-    """Bytes of the tensors a trainer keeps between steps, by kind (storages counted once)."""
+    """Bytes of the tensors a trainer keeps between steps, by kind (storages counted once). Frozen models are the
+    trainer's ``nn.Module`` attributes (OU's ``ref_model``, our ``teacher_model``)."""
     modules = [trainer.model] + [v for k, v in vars(trainer).items() if isinstance(v, torch.nn.Module) and k != "model"]
     weights: dict[int, int] = {}
     for module in modules:
@@ -229,8 +231,8 @@ def step_peak_bytes(entry: Entry, batch: Any, device: torch.device) -> int:
 
 
 def measure_memory(entry: Entry, device: torch.device) -> None:
-    """``held`` (by kind), the step's own peak and ``peak`` = held + step peak; on CUDA ``held`` is also what
-    ``torch.cuda.memory_allocated`` says before the step."""
+    """``held`` (by kind), the step's own allocation peak and ``peak`` = held + step peak (on CUDA the step peak is
+    ``max_memory_allocated`` minus what was allocated before the step)."""
     entry.memory = held_bytes(entry.trainer)
     entry.memory["step"] = step_peak_bytes(entry, entry.batches[0], device)
     entry.memory["peak"] = entry.memory["held"] + entry.memory["step"]
