@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from duet_plugin.core.collate import extend_with_continuations, gather_positions
-from duet_plugin.core.duet import POSITIONS, TEACHER_MODES, DUETConfig, TeacherTargetStore, teacher_targets
+from duet_plugin.core.collate import gather_positions
+from duet_plugin.core.duet import POSITIONS, TEACHER_MODES, DUETConfig, TeacherTargetStore, stream_targets
 from duet_plugin.core.losses import BIDIRECTIONAL_DISTANCES, directed_loss, validate_distance
 from duet_plugin.core.unified import STREAMS
 
@@ -165,12 +165,7 @@ def bidistill_loss(
         weights = {d: cfg.weight(stream, d) for d in DIRECTIONS}
         if not any(weights.values()):
             continue
-        if teacher is not None:
-            targets, batch, _ = teacher_targets(teacher, batch, teacher_cfg, pad_id, eos_ids)
-        else:
-            targets, conts = store.lookup(stream, batch["index"].tolist())
-            if teacher_cfg.continuation_length:
-                batch = extend_with_continuations(batch, conts, pad_id)
+        targets, batch = stream_targets(stream, batch, teacher_cfg, pad_id, eos_ids, teacher=teacher, store=store)
         logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
         at = gather_positions(logits, batch["student_positions"], batch["position_mask"])
         targets = targets.to(at.device)

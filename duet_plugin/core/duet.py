@@ -274,6 +274,26 @@ def precompute_targets(
     return store
 
 
+def stream_targets(
+    stream: str,
+    batch: Mapping[str, Any],
+    cfg: DUETConfig,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    teacher: Any = None,
+    store: TeacherTargetStore | None = None,
+) -> tuple[TopKTargets, Mapping[str, Any]]:
+    """One stream batch's teacher targets, online (``teacher``) or looked up in ``store``, and the batch extended
+    with the teacher's continuation (``first_n``)."""
+    if teacher is not None:
+        targets, batch, _ = teacher_targets(teacher, batch, cfg, pad_id, eos_ids)
+        return targets, batch
+    targets, conts = store.lookup(stream, batch["index"].tolist())
+    if cfg.continuation_length:
+        batch = extend_with_continuations(batch, conts, pad_id)
+    return targets, batch
+
+
 def duet_loss(
     model: Any,
     streams: Mapping[str, Mapping[str, torch.Tensor]],
@@ -295,12 +315,7 @@ def duet_loss(
         weight = cfg.stream_weights.get(stream, 1.0)
         if weight == 0:
             continue
-        if teacher is not None:
-            targets, batch, _ = teacher_targets(teacher, batch, cfg, pad_id, eos_ids)
-        else:
-            targets, conts = store.lookup(stream, batch["index"].tolist())
-            if cfg.continuation_length:
-                batch = extend_with_continuations(batch, conts, pad_id)
+        targets, batch = stream_targets(stream, batch, cfg, pad_id, eos_ids, teacher=teacher, store=store)
         stream_loss = student_loss(model, batch, targets, cfg)
         parts[stream] = stream_loss.detach().item()
         loss = weight * stream_loss if loss is None else loss + weight * stream_loss
