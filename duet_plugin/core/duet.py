@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from duet_plugin.core.collate import EXTRA_VIEWS, extend_with_continuations, gather_positions, to_device
+from duet_plugin.core.distributed import all_gather_objects, is_zero3_partitioned, shard_indices, world
 from duet_plugin.core.ensemble import TeacherEnsemble, average_logits
 from duet_plugin.core.losses import (
     TopKTargets,
@@ -80,7 +81,8 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 def greedy_continuations(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, eos_ids: Sequence[int]
 ) -> list[list[int]]:
-    """Greedy ``n``-token continuations of right-padded prompts, each cut after its first EOS."""
+    """Greedy ``n``-token continuations of right-padded prompts, each cut after its first EOS. Under ZeRO-3 every
+    rank keeps stepping until all are done (``synced_gpus``), since each forward is a collective."""
     rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask, strict=False)]
     width = max(len(r) for r in rows)
     pad = eos_ids[0] if eos_ids else 0
@@ -97,6 +99,7 @@ def greedy_continuations(
         do_sample=False,
         pad_token_id=pad,
         eos_token_id=list(eos_ids) or None,
+        synced_gpus=is_zero3_partitioned(model) and world()[1] > 1,
     )
     conts = []
     for row in out[:, width:].tolist():
@@ -120,7 +123,9 @@ def ensemble_continuations(
     teacher: TeacherEnsemble, batch: Mapping[str, Any], n: int, eos_ids: Sequence[int], pad_id: int
 ) -> list[list[int]]:
     """Greedy ``n``-token continuations from the members' averaged next-token logits, each member reading its own
-    prompt view (no KV cache: meant for the few tokens of ``first_n``). Each row is cut after its first EOS."""
+    prompt view (no KV cache: meant for the few tokens of ``first_n``). Each row is cut after its first EOS. Under
+    ZeRO-3 all ``n`` steps run on every rank (each forward is a collective), so no rank stops early."""
+    synced = is_zero3_partitioned([m for m, _, _ in teacher.members]) and world()[1] > 1
     size = batch["teacher_input_ids"].shape[0]
     conts: list[list[int]] = [[] for _ in range(size)]
     done = [False] * size
@@ -137,7 +142,7 @@ def ensemble_continuations(
             if not done[i]:
                 conts[i].append(tok)
                 done[i] = tok in eos_ids
-        if all(done):
+        if all(done) and not synced:
             break
     return conts
 
@@ -232,6 +237,11 @@ class TeacherTargetStore:
         )
         return targets, [p[3] for p in picked]
 
+    def merge(self, other: TeacherTargetStore) -> None:
+        """Add ``other``'s rows (an example present in both keeps ``other``'s, which is the same target)."""
+        for stream, rows in other._rows.items():
+            self._rows.setdefault(stream, {}).update(rows)
+
     def __len__(self) -> int:
         return sum(len(r) for r in self._rows.values())
 
@@ -258,19 +268,28 @@ def precompute_targets(
     """Teacher targets for every query of every stream dataset (items carry ``index``), from ``model`` as it is.
 
     ``context`` is entered around each teacher forward (e.g. the trainer's autocast), so the targets have the
-    precision an online teacher would have.
+    precision an online teacher would have. With several processes (``torch.distributed``) each rank computes an
+    equal share of the queries (:func:`shard_indices`) and the shares are gathered, so every target is computed
+    once and every rank ends with the whole store (any rank's sampler may draw any query in a later epoch).
     """
+    rank, world_size = world()
     store = TeacherTargetStore()
     was_training = model.training
     model.eval()
     device = _model_device(model)
     for stream, dataset in streams.items():
-        for batch in DataLoader(dataset, batch_size=cfg.teacher_batch_size, collate_fn=collate_fn):
+        share = Subset(dataset, shard_indices(len(dataset), rank, world_size)) if world_size > 1 else dataset
+        for batch in DataLoader(share, batch_size=cfg.teacher_batch_size, collate_fn=collate_fn):
             batch = to_device(batch, device)
             with context():
                 targets, extended, conts = teacher_targets(model, batch, cfg, pad_id, eos_ids)
             store.add(stream, batch["index"].tolist(), targets, extended["position_mask"], conts)
     model.train(was_training)
+    if world_size > 1:
+        merged = TeacherTargetStore()
+        for share in all_gather_objects(store):
+            merged.merge(share)
+        store = merged
     return store
 
 

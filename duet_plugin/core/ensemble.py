@@ -89,7 +89,9 @@ def load_checkpoint(path: str | Path, key: str, dtype: torch.dtype | None = None
 
 
 def vocab_size(model: Any) -> int:
-    return int(model.get_output_embeddings().weight.shape[0])
+    """Rows of the output embedding (its full shape, ``ds_shape``, when DeepSpeed ZeRO-3 has partitioned it)."""
+    weight = model.get_output_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
 def check_same_vocab(student: Any, teacher: Any, key: str) -> None:

@@ -188,34 +188,44 @@ class DUET(UnlearnTrainer):
     def _pad_id(self) -> int:
         return self.data_collator.pad_id
 
-    def _starting_model(self, online: bool) -> Any:
+    @property
+    def zero3(self) -> bool:
+        """Whether this run is under DeepSpeed ZeRO-3 (parameters partitioned across ranks)."""
+        return bool(self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3)
+
+    def _starting_model(self, online: bool, model: Any = None) -> Any:
         """The starting model as a teacher. With LoRA: the student itself with its adapters disabled (the frozen
         base, exactly; no copy, both modes). Else online: a frozen copy prepared like OU's reference model
-        (deepcopy, eval, DeepSpeed/accelerate aware); precomputed: the model itself, before training."""
+        (deepcopy, eval, DeepSpeed/accelerate aware); precomputed: ``model`` (the student before its first step;
+        under ZeRO-3 the DeepSpeed engine, whose forward gathers the partitioned weights), default ``self.model``."""
         if self.lora is not None:
             return AdaptersDisabled(self.model)
-        return GradDiff._prepare_ref_model(self, self.model) if online else self.model
+        if online:
+            return GradDiff._prepare_ref_model(self, self.model)
+        return model if model is not None else self.model
 
-    def _teacher(self, online: bool) -> Any:
+    def _teacher(self, online: bool, model: Any = None) -> Any:
         """The teacher: the starting model (see :meth:`_starting_model`), or the configured ``teachers`` ensemble,
-        whose checkpoint members are loaded here (for precomputed targets: only while the targets are computed)."""
+        whose checkpoint members are loaded here (for precomputed targets: only while the targets are computed;
+        under ZeRO-3 they are partitioned like OU's reference model in both modes)."""
         if not self.teacher_specs:
-            return self._starting_model(online)
+            return self._starting_model(online, model)
         needs_self = any(t.path is None for t in self.teacher_specs)
-        own = self._starting_model(online) if needs_self else None
+        own = self._starting_model(online, model) if needs_self else None
         on_disk = [t for t in self.teacher_specs if t.path is not None]
         loaded = iter(
-            prepare_frozen(self, m) if online else m.to(self.accelerator.device)
+            prepare_frozen(self, m) if online or self.zero3 else m.to(self.accelerator.device)
             for m in load_teachers(on_disk, self.model, TEACHERS_KEY)
         )
         models = [own if t.path is None else next(loaded) for t in self.teacher_specs]
         return ensemble(models, self.teacher_specs, self.teacher_views)
 
-    def precompute_targets(self) -> TeacherTargetStore:
+    def precompute_targets(self, model: Any = None) -> TeacherTargetStore:
         """Teacher targets for every forget/retain query, from the starting weights, once (with LoRA: from the
-        base with the adapters disabled, which at ``train()`` start also equals the adapted model, B = 0)."""
+        base with the adapters disabled, which at ``train()`` start also equals the adapted model, B = 0). With
+        several processes each rank computes its share and every rank receives the whole store."""
         store = precompute_targets(
-            self._teacher(online=False),
+            self._teacher(online=False, model=model),
             stream_datasets(self.train_dataset),
             self.data_collator,
             self.duet,
@@ -232,7 +242,9 @@ class DUET(UnlearnTrainer):
         return store
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        if self.duet.teacher == "precomputed" and self.targets is None:
+        # Under ZeRO-3 the weights are only usable through the DeepSpeed engine, which HF builds inside train():
+        # the targets are then computed at the first step (compute_loss), from the same starting weights.
+        if self.duet.teacher == "precomputed" and self.targets is None and not self.zero3:
             self.targets = self.precompute_targets()
         return super().train(*args, **kwargs)
 
@@ -260,7 +272,7 @@ class DUET(UnlearnTrainer):
     ) -> Any:
         streams = {"forget": inputs} if "student_input_ids" in inputs else inputs
         if self.duet.teacher == "precomputed" and self.targets is None:
-            self.targets = self.precompute_targets()
+            self.targets = self.precompute_targets(model if self.zero3 else None)
         loss, parts = self.objective(model, streams)
         for key, value in parts.items():
             self._duet_logs[key].append(value)

@@ -9,6 +9,7 @@ forward KL on the retain (generic) stream of OU's unlearning data, and stops thr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from trainer.unlearn.base import UnlearnTrainer
 from transformers import TrainerCallback
 
 from duet_plugin.core.collate import to_device
+from duet_plugin.core.distributed import is_zero3_partitioned
 from duet_plugin.core.ensemble import check_checkpoint, parse_teachers
 from duet_plugin.core.noise import shrink_and_perturb
 from duet_plugin.core.undo import UNDOConfig, distill_mask, label_nll, recovered, recovery_gap, undo_loss
@@ -186,8 +188,16 @@ class UNDO(UnlearnTrainer):
     @staticmethod
     @torch.no_grad()
     def _copy_weights(teacher: Any, student: Any, path: str) -> None:
+        """The teacher's weights into the student. Under DeepSpeed ZeRO-3 with ``zero3_init_flag`` the teacher,
+        loaded after the training arguments, is partitioned at load: its shards are gathered for the copy."""
+        gathered = contextlib.nullcontext()
+        if is_zero3_partitioned(teacher):
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(teacher.parameters()))
         try:
-            student.load_state_dict(teacher.state_dict())
+            with gathered:
+                student.load_state_dict(teacher.state_dict())
         except RuntimeError as err:
             raise ValueError(
                 f"student_init=teacher: the teacher at {path} does not fit model=... ({err}). Point model at the "
