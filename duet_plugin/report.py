@@ -39,7 +39,7 @@ KNOWN_COLUMNS = {
     "forget_quality": "↑",
     "forget_Q_A_Prob": "↓",
     "forget_Q_A_ROUGE": "↓",
-    "forget_truth_ratio": "",
+    "forget_truth_ratio": "↑",  # OU's closer_to_1_better: 1 = true and perturbed answers equally likely
     "forget_knowmem_ROUGE": "↓",
     "forget_verbmem_ROUGE": "↓",
     "retain_knowmem_ROUGE": "↑",
@@ -441,16 +441,110 @@ def _grid(n: int, cols: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def plot_pareto(runs: Sequence[Run], path: Path, axes: Axes | None = None) -> None:
-    """One panel per group: every run with both values, the Pareto front highlighted and joined."""
+#: Figure resolution: the PNGs are written at it, and label placement measures text at it.
+DPI = 120
+#: A box in display pixels: (x0, y0, x1, y1).
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class LabelSpot:
+    """Where a point's label goes: an offset in points from the point and the text's alignment there."""
+
+    dx: float
+    dy: float
+    ha: str
+    va: str
+
+    @property
+    def far(self) -> bool:
+        """Far enough from its point to need a leader line."""
+        return max(abs(self.dx), abs(self.dy)) > 8
+
+
+def label_spots(radii: Sequence[float] = (4, 12, 22, 36, 54)) -> list[LabelSpot]:
+    """Candidate label spots, nearest first: at each radius the four diagonals (upper right first), then above,
+    below, right and left."""
+    out = []
+    for r in radii:
+        out += [
+            LabelSpot(r, r, "left", "bottom"),
+            LabelSpot(r, -r, "left", "top"),
+            LabelSpot(-r, r, "right", "bottom"),
+            LabelSpot(-r, -r, "right", "top"),
+            LabelSpot(0, r + 2, "center", "bottom"),
+            LabelSpot(0, -r - 2, "center", "top"),
+            LabelSpot(r + 2, 0, "left", "center"),
+            LabelSpot(-r - 2, 0, "right", "center"),
+        ]
+    return out
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def spot_box(anchor: tuple[float, float], size: tuple[float, float], spot: LabelSpot, px_per_pt: float) -> Box:
+    """The box (pixels) of a label of ``size`` (pixels) put at ``spot`` of the point at ``anchor`` (pixels)."""
+    (x, y), (w, h) = anchor, size
+    x, y = x + spot.dx * px_per_pt, y + spot.dy * px_per_pt
+    x0 = {"left": x, "right": x - w, "center": x - w / 2}[spot.ha]
+    y0 = {"bottom": y, "top": y - h, "center": y - h / 2}[spot.va]
+    return x0, y0, x0 + w, y0 + h
+
+
+def place_labels(
+    anchors: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[float, float]],
+    obstacles: Sequence[Box] = (),
+    bounds: Box | None = None,
+    spots: Sequence[LabelSpot] | None = None,
+    px_per_pt: float = DPI / 72,
+) -> list[LabelSpot]:
+    """Greedy label placement in display pixels: each label in turn takes the first spot (nearest first) whose
+    box overlaps no label placed before it, no obstacle (the markers, the legend) and does not leave ``bounds``;
+    where every spot collides, the one with the least colliding area."""
+    spots = list(spots or label_spots())
+    placed: list[Box] = []
+    out = []
+    for anchor, size in zip(anchors, sizes, strict=True):
+        best, best_cost = spots[0], math.inf
+        for spot in spots:
+            box = spot_box(anchor, size, spot, px_per_pt)
+            cost = sum(_overlap(box, other) for other in [*placed, *obstacles])
+            if bounds is not None:
+                cost += (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, bounds)
+            if cost < best_cost:
+                best, best_cost = spot, cost
+                if cost == 0:
+                    break
+        placed.append(spot_box(anchor, size, best, px_per_pt))
+        out.append(best)
+    return out
+
+
+def _box(bbox: Any, pad: float = 0.0) -> Box:
+    return bbox.x0 - pad, bbox.y0 - pad, bbox.x1 + pad, bbox.y1 + pad
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def pareto_figure(runs: Sequence[Run], axes: Axes | None = None) -> Any:
+    """One panel per group: every run with both values, the Pareto front highlighted and joined. Runs at one point
+    share a label; labels are placed so that they overlap neither each other, nor a marker, nor the legend."""
+    plt = _pyplot()
     by_group = groups(runs)
     rows, cols = _grid(len(by_group), 3)
-    fig, grid = plt.subplots(rows, cols, figsize=(6 * cols, 4.8 * rows), squeeze=False)
+    fig, grid = plt.subplots(rows, cols, figsize=(6 * cols, 4.8 * rows), squeeze=False, dpi=DPI)
+    labels: list[tuple[Any, dict[tuple[float, float], list[str]]]] = []
     for ax_plot, (name, group) in zip(grid.flat, by_group.items(), strict=False):
         ax = group_axes(group, axes)
         ax_plot.set_title(name)
@@ -467,9 +561,8 @@ def plot_pareto(runs: Sequence[Run], path: Path, axes: Axes | None = None) -> No
             ax_plot.scatter(
                 [x], [y], s=70 if on else 40, marker="*" if on else "o", c="tab:red" if on else "tab:gray", zorder=3
             )
-            at.setdefault((x, y), []).append(names[label])
-        for (x, y), here in at.items():  # runs at the same point share one label
-            ax_plot.annotate(", ".join(here), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            at.setdefault((x, y), []).append(names[label])  # runs at the same point share one label
+        labels.append((ax_plot, at))
         line = sorted((pts[label] for label in front), key=lambda p: (p[0], p[1]))
         if len(line) > 1:
             ax_plot.plot(*zip(*line, strict=True), c="tab:red", lw=1, ls="--", zorder=2, label="Pareto front")
@@ -481,54 +574,124 @@ def plot_pareto(runs: Sequence[Run], path: Path, axes: Axes | None = None) -> No
         if missing:
             note = "missing, not plotted: " + ", ".join(names[m] for m in missing)
             ax_plot.text(0.0, -0.18, note, transform=ax_plot.transAxes, fontsize=7, va="top", wrap=True)
+        ax_plot.margins(0.08)
     for extra in list(grid.flat)[len(by_group) :]:
         extra.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # The layout and the limits are final from here on: place the labels in display pixels.
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    for ax_plot, at in labels:
+        _label_points(ax_plot, at, renderer)
+    return fig
+
+
+def _label_points(ax_plot: Any, at: Mapping[tuple[float, float], list[str]], renderer: Any) -> None:
+    ax_plot.set_xlim(ax_plot.get_xlim())
+    ax_plot.set_ylim(ax_plot.get_ylim())
+    px_per_pt = ax_plot.figure.dpi / 72
+    anchors = [tuple(ax_plot.transData.transform(p)) for p in at]
+    marker = 5 * px_per_pt  # half the width of a marker, with a little room
+    obstacles = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
+    legend = ax_plot.get_legend()
+    if legend is not None:  # "best" would move the legend once the labels are there: pin it where it is
+        box = legend.get_window_extent(renderer).transformed(ax_plot.transAxes.inverted())
+        legend.remove()
+        legend = ax_plot.legend(loc=(box.x0, box.y0), fontsize=8)
+        obstacles.append(_box(legend.get_window_extent(renderer), 2))
+    texts = [", ".join(here) for here in at.values()]
+    sizes = []
+    for text in texts:
+        probe = ax_plot.text(0, 0, text, fontsize=8)
+        ext = probe.get_window_extent(renderer)
+        sizes.append((ext.width + 4, ext.height + 4))  # 2 px of room on each side
+        probe.remove()
+    bounds = _box(ax_plot.get_window_extent(renderer))
+    spots = place_labels(anchors, sizes, obstacles, bounds, px_per_pt=px_per_pt)
+    for point, text, spot in zip(at, texts, spots, strict=True):
+        arrow = {"arrowstyle": "-", "color": "gray", "lw": 0.6, "shrinkA": 0, "shrinkB": 4} if spot.far else None
+        ax_plot.annotate(
+            text,
+            point,
+            textcoords="offset points",
+            xytext=(spot.dx, spot.dy),
+            ha=spot.ha,
+            va=spot.va,
+            fontsize=8,
+            arrowprops=arrow,
+        )
+
+
+def plot_pareto(runs: Sequence[Run], path: Path, axes: Axes | None = None) -> None:
+    plt = _pyplot()
+    fig = pareto_figure(runs, axes)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
-def plot_robustness(runs: Sequence[Run], path: Path) -> None:
-    """Rows: groups; columns: attacks; per run an unattacked and a worst-case bar ("n/a" where missing)."""
-    import matplotlib
+#: The robustness figure: at most this many attack panels side by side, this wide (inches, at DPI).
+ROBUSTNESS_COLUMNS = 2
+ROBUSTNESS_WIDTH = 9.0
+#: Height (inches) of one run's pair of bars, and of a panel's title, axis and tick labels.
+BAR_ROW_HEIGHT, PANEL_EXTRA_HEIGHT = 0.34, 1.2
+#: Font size of the values printed on the bars and of the "n/a" markers.
+BAR_LABEL_SIZE = 8
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    by_group = groups(runs)
-    panels = [(name, group, robustness_bars_by_attack(group)) for name, group in by_group.items()]
-    cols = max(len(attacks) for _, _, attacks in panels) or 1
-    width = max(4.0, 0.55 * max(len(g) for g in by_group.values()) + 1.5)
-    fig, grid = plt.subplots(len(panels), cols, figsize=(width * cols, 4.2 * len(panels)), squeeze=False)
-    for row, (name, group, attacks) in enumerate(panels):
+def robustness_figure(runs: Sequence[Run]) -> Any:
+    """Per group and attack one panel of horizontal bars, at most ``ROBUSTNESS_COLUMNS`` panels a row: per run an
+    unattacked and a worst-case bar, each with its value printed, and "n/a" where the value is missing."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    panels = [(name, group, robustness_bars_by_attack(group)) for name, group in groups(runs).items()]
+    cols = min(ROBUSTNESS_COLUMNS, max(len(attacks) for _, _, attacks in panels)) or 1
+    rows = []
+    for name, group, attacks in panels:
+        rows += [(name, group, attacks[i : i + cols]) for i in range(0, len(attacks), cols)]
+    heights = [BAR_ROW_HEIGHT * len(group) + PANEL_EXTRA_HEIGHT for _, group, _ in rows]
+    legend_height = 0.4
+    fig = plt.figure(figsize=(ROBUSTNESS_WIDTH, sum(heights) + legend_height), dpi=DPI)
+    grid = fig.add_gridspec(len(rows), cols, height_ratios=heights)
+    for row, (name, group, attacks) in enumerate(rows):
         names = short_labels([r.label for r in group])
-        for col in range(cols):
-            ax = grid[row][col]
-            if col >= len(attacks):
-                ax.axis("off")
-                continue
-            attack, bars = attacks[col]
-            metric = next((m for m, _, _ in bars if m), None)
-            xs = range(len(group))
-            for offset, idx, color, label in ((-0.2, 1, "tab:blue", "unattacked"), (0.2, 2, "tab:red", "worst case")):
-                present = [(x, b[idx]) for x, b in zip(xs, bars, strict=True) if b[idx] is not None]
-                if present:
-                    drawn = ax.bar(
-                        [x + offset for x, _ in present], [v for _, v in present], 0.4, color=color, label=label
-                    )
-                    # Every bar carries its value, so that a zero is told apart from a missing value.
-                    ax.bar_label(drawn, fmt="%.2f", fontsize=6, rotation=90, padding=2)
-                for x, b in zip(xs, bars, strict=True):
-                    if b[idx] is None:
-                        ax.text(x + offset, 0, MISSING_MD, ha="center", va="bottom", fontsize=7, rotation=90, c="gray")
-            ax.margins(y=0.15)
-            ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
-            ax.set_title(f"{name}: {attack}", fontsize=10)
-            ax.set_ylabel(metric or "value")
-            if any(b[1] is not None or b[2] is not None for b in bars):
-                ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        for col, (attack, bars) in enumerate(attacks):
+            _robustness_panel(fig.add_subplot(grid[row, col]), f"{name}: {attack}", names, bars)
+    handles = [Patch(color="tab:blue", label="unattacked"), Patch(color="tab:red", label="worst case")]
+    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - legend_height / fig.get_figheight()))
+    return fig
+
+
+def _robustness_panel(ax: Any, title: str, names: Sequence[str], bars: Sequence[tuple[Any, Any, Any]]) -> None:
+    metric = next((m for m, _, _ in bars if m), None)
+    found = [v for b in bars for v in b[1:] if v is not None]
+    for offset, idx, color in ((-0.2, 1, "tab:blue"), (0.2, 2, "tab:red")):
+        present = [(y, b[idx]) for y, b in enumerate(bars) if b[idx] is not None]
+        if present:
+            drawn = ax.barh([y + offset for y, _ in present], [v for _, v in present], 0.4, color=color)
+            # Every bar carries its value, so that a zero is told apart from a missing value.
+            ax.bar_label(drawn, fmt="%.2f", fontsize=BAR_LABEL_SIZE, padding=2)
+        for y, b in enumerate(bars):
+            if b[idx] is None:  # at the bars' base, inside the axes
+                ax.text(0, y + offset, " " + MISSING_MD, ha="left", va="center", fontsize=BAR_LABEL_SIZE, c="gray")
+    lo, hi = min([0.0, *found]), max([0.0, *found])
+    span = hi - lo
+    # Room right of the longest bar (and left of a negative one) for its printed value.
+    ax.set_xlim(lo - 0.22 * span if lo < 0 else 0.0, hi + 0.22 * span if span > 0 else 1.0)
+    ax.set_ylim(len(bars) - 0.5, -0.5)  # the first run on top
+    ax.set_yticks(range(len(bars)), names, fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(metric or "value", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def plot_robustness(runs: Sequence[Run], path: Path) -> None:
+    plt = _pyplot()
+    fig = robustness_figure(runs)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 

@@ -1,5 +1,6 @@
 """``duet-plugin report`` (duet_plugin.report): hand-written run folders -> table values, missing values kept
-missing, the Pareto front against a brute-force check, non-empty PNGs, and no silent overwrite."""
+missing, the Pareto front against a brute-force check, non-empty PNGs, legible plots (no overlapping labels, a
+robustness grid of at most two columns, everything inside its axes), and no silent overwrite."""
 
 from __future__ import annotations
 
@@ -123,6 +124,8 @@ def test_table_values_and_missing_values(runs, tmp_path) -> None:
     assert tofu[npo["run"]]["forget_quality ↑"] == "n/a" and tofu[npo["run"]]["relearn_attack ↓"] == "n/a"
     assert tofu[ga["run"]]["model_utility ↑"] == "0.000"
     assert tofu[duet["run"]]["forget_Q_A_ROUGE ↓"] == "0.300"
+    # OU's forget_truth_ratio (closer_to_1_better aggregate): higher is better.
+    assert tofu[duet["run"]]["forget_truth_ratio ↑"] == "0.600"
     # OU's TOFU columns are shown even when no run of the group has them.
     only_npo = md_table(rpt.render_markdown([rpt.load_run("n", runs["NPO"])]), "TOFU forget05")
     assert only_npo["n"]["forget_quality ↑"] == "n/a"
@@ -252,3 +255,113 @@ def test_short_labels() -> None:
     names = ["tofu_L_forget05_GradDiff", "tofu_L_forget05_UNDO-DUET", "tofu_L_forget05_original"]
     assert rpt.short_labels(names) == ["GradDiff", "UNDO-DUET", "original"]
     assert rpt.short_labels(["a_b", "a"]) == ["a_b", "a"]
+
+
+def boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def inside(inner, outer, slack: float = 0.5) -> bool:
+    return (
+        inner.x0 >= outer.x0 - slack
+        and inner.x1 <= outer.x1 + slack
+        and inner.y0 >= outer.y0 - slack
+        and inner.y1 <= outer.y1 + slack
+    )
+
+
+def tofu_grid(tmp_path: Path, points: dict[str, tuple[float, float] | None]) -> list[rpt.Run]:
+    """TOFU forget05 runs at (forget_Q_A_ROUGE, model_utility); None: a run without robustness or utility."""
+    out = []
+    for name, point in points.items():
+        folder = tmp_path / name
+        summary = (
+            {"forget_Q_A_ROUGE": 0.5} if point is None else {"forget_Q_A_ROUGE": point[0], "model_utility": point[1]}
+        )
+        write(folder / "evals" / "TOFU_SUMMARY.json", summary)
+        write(folder / "evals" / ".hydra" / "config.yaml", "forget_split: forget05\n")
+        if point is not None:
+            rob = {"forget_Q_A_ROUGE": point[0], "relearn_attack": 1.0, "prompt_attack": 0.0, "prefill_attack": 0.4}
+            write(folder / "evals_robustness" / "TOFU_SUMMARY.json", rob)  # no quantization_attack: n/a
+        out.append(rpt.load_run(name, folder))
+    return out
+
+
+# The demo grid's crowded corner (NPO over IdkDPO, WGA over SimNPO), runs sharing one point, and a missing one.
+CLOSE_POINTS = {
+    "original": (1.0, 0.915),
+    "SatImp": (1.0, 0.801),
+    "NPO": (0.0, 0.748),
+    "IdkDPO": (0.0, 0.730),
+    "WGA": (0.128, 0.822),
+    "SimNPO": (0.129, 0.807),
+    "BiDistill": (0.084, 0.707),
+    "DUET": (0.300, 0.847),
+    "RMU": (0.404, 0.911),
+    "UNDIAL": (0.418, 0.827),
+    "GradAscent": (0.0, 0.0),
+    "GradDiff": (0.0, 0.0),
+    "CEU": (0.0, 0.0),
+    "retain-only": None,
+}
+
+
+def test_place_labels_avoids_collisions() -> None:
+    anchors = [(100.0, 100.0), (100.0, 103.0), (104.0, 100.0), (300.0, 100.0)]
+    sizes = [(40.0, 12.0)] * 4
+    legend = (90.0, 60.0, 160.0, 85.0)
+    bounds = (0.0, 0.0, 320.0, 200.0)  # the last point's labels would leave them on the right
+    spots = rpt.place_labels(anchors, sizes, [legend], bounds, px_per_pt=1.0)
+    boxes = [rpt.spot_box(a, s, spot, 1.0) for a, s, spot in zip(anchors, sizes, spots, strict=True)]
+    for i, a in enumerate(boxes):
+        assert rpt._overlap(a, legend) == 0 and rpt._overlap(a, bounds) == pytest.approx(40 * 12), a
+        assert all(rpt._overlap(a, b) == 0 for b in boxes[i + 1 :]), (a, boxes)
+    assert spots[0] == rpt.label_spots()[0]  # a free point keeps the default spot (upper right)
+
+
+def test_pareto_labels_do_not_overlap(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    fig = rpt.pareto_figure(tofu_grid(tmp_path, CLOSE_POINTS))
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts if not t.get_text().startswith("missing")}
+    # One label per point: runs at the same point share it; the missing run has none.
+    assert set(labels) == {n for n, p in CLOSE_POINTS.items() if p and p != (0.0, 0.0)} | {"GradAscent, GradDiff, CEU"}
+    assert "retain-only" in " ".join(t.get_text() for t in ax.texts)  # named in the "missing" note
+    items = list(labels.items())
+    for i, (name, box) in enumerate(items):
+        assert inside(box, ax.get_window_extent(renderer)), name
+        for other, other_box in items[i + 1 :]:
+            assert not boxes_overlap(box, other_box), (name, other)
+        for point in {p for p in CLOSE_POINTS.values() if p}:  # no label hides a marker
+            x, y = ax.transData.transform(point)
+            assert not (box.x0 < x < box.x1 and box.y0 < y < box.y1), (name, point)
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not any(boxes_overlap(box, legend) for box in labels.values())
+    rpt._pyplot().close(fig)
+
+
+def test_robustness_figure_is_a_narrow_grid(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    runs = tofu_grid(tmp_path, CLOSE_POINTS)
+    fig = rpt.robustness_figure(runs)
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    assert fig.get_figwidth() * rpt.DPI <= 1100  # readable at page width
+    panels = fig.axes
+    assert len(panels) == 4 and len({round(ax.get_position().x0, 3) for ax in panels}) <= 2
+    n_missing = 0
+    for ax in panels:
+        frame = ax.get_window_extent(renderer)
+        assert ax.texts
+        for text in ax.texts:  # bar values and "n/a" markers: legible, and inside the panel
+            assert text.get_fontsize() >= 8 and inside(text.get_window_extent(renderer), frame), text.get_text()
+        na = [t for t in ax.texts if t.get_text().strip() == rpt.MISSING_MD]
+        n_missing += len(na)
+        # A missing value is an "n/a", never a bar: one bar per value present.
+        bars = [p for p in ax.patches if p.get_width() != 0 or p.get_height() != 0]
+        assert len(bars) + len(na) == 2 * len(runs)
+    # retain-only lacks everything (4 attacks x 2 bars), every other run both quantization bars (no attack details).
+    assert n_missing == 4 * 2 + 2 * (len(runs) - 1)
+    rpt._pyplot().close(fig)
