@@ -9,8 +9,8 @@ batches of ``--batch-size`` forget+retain pairs:
 - OU's GradDiff (NLL retain: the two-stream floor), GradDiff (KL retain), NPO and UNDIAL with OU's default
   ``method_args`` (``configs/trainer/*.yaml``), and plain SFT (OU's FinetuneTrainer, NLL) on the same 2B examples
   in one batch;
-- ours: DUET with precomputed targets, DUET with the online teacher, BiDistill (defaults: precomputed, store_top_k
-  256) and UNDO (teacher = the same model saved to disk). UNDO distils on the retain stream only: its batch is the
+- ours: DUET with precomputed targets, DUET with the online teacher, both again with LoRA r=8 on q,v (the teacher:
+  the same model with its adapters disabled), BiDistill (defaults: precomputed, store_top_k 256) and UNDO (teacher = the same model saved to disk). UNDO distils on the retain stream only: its batch is the
   pairs' B retain examples plus B more retain examples (2B sequences, as many as a pair batch holds).
 
 Step time: methods are interleaved step by step (round-robin, order rotated every step) so that machine noise hits
@@ -66,6 +66,7 @@ from duet_plugin.benchmarking import (
 BASELINE = "GradDiff (NLL retain)"
 TEMPLATE = {"apply_chat_template": True, "system_prompt": "You are a helpful assistant."}
 PREFIX = {"name": "forget_authors"}  # as experiment=unlearn/tofu/duet
+LORA = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}  # the README's example (the teacher: no copy)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,13 @@ def all_methods(ou_root: Path, teacher_dir: Path) -> list[Method]:
         Method("SFT (NLL, forget+retain in one batch)", "FinetuneTrainer", batch="flat"),
         Method("DUET precomputed", "DUET", method_args={"prefix": PREFIX}, precompute=True),
         Method("DUET online", "DUET", method_args={"prefix": PREFIX, "teacher": "online"}, frozen=("forget", "retain")),
+        Method("DUET precomputed, LoRA", "DUET", method_args={"prefix": PREFIX, "lora": LORA}, precompute=True),
+        Method(
+            "DUET online, LoRA",
+            "DUET",
+            method_args={"prefix": PREFIX, "teacher": "online", "lora": LORA},
+            frozen=("forget", "retain"),
+        ),
         Method("BiDistill", "BiDistill", method_args={"prefix": PREFIX}, precompute=True),
         Method(
             "UNDO (2B retain examples)",
