@@ -10,8 +10,9 @@ batches of ``--batch-size`` forget+retain pairs:
   ``method_args`` (``configs/trainer/*.yaml``), and plain SFT (OU's FinetuneTrainer, NLL) on the same 2B examples
   in one batch;
 - ours: DUET with precomputed targets, DUET with the online teacher, both again with LoRA r=8 on q,v (the teacher:
-  the same model with its adapters disabled), BiDistill (defaults: precomputed, store_top_k 256) and UNDO (teacher = the same model saved to disk). UNDO distils on the retain stream only: its batch is the
-  pairs' B retain examples plus B more retain examples (2B sequences, as many as a pair batch holds).
+  the same model with its adapters disabled), BiDistill (defaults: precomputed, store_top_k 256) and UNDO
+  (teacher = the same model saved to disk). UNDO distils on the retain stream only: its batch is the pairs' B
+  retain examples plus B more retain examples (2B sequences, as many as a pair batch holds).
 
 Step time: methods are interleaved step by step (round-robin, order rotated every step) so that machine noise hits
 all alike; after a warmup (default: one untimed pass over the batches), ``--repeats`` passes over the same
