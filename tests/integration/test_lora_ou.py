@@ -1,5 +1,5 @@
 """LoRA (``trainer.method_args.lora``) inside OU: the adapters-disabled teacher in both teacher modes, BiDistill,
-UNDO's refusal, and OU's own train.py / eval.py (merged plain checkpoint, gradient checkpointing, bad targets)."""
+UNDO, and OU's own train.py / eval.py (merged plain checkpoint, gradient checkpointing, bad targets, ZeRO-3)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,34 @@ SMALL = [
     "trainer.args.logging_steps=1",
     "trainer.args.learning_rate=1e-2",
 ]
+
+
+def _assert_plain_model_and_adapter(out) -> None:
+    """A merged plain checkpoint (no adapter keys) with the adapter alone in adapter/ (an adapter_config.json at the
+    top would make transformers load the adapter instead of the plain model)."""
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k or "base_layer" in k]
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "adapter_config.json").exists()
+
+
+def _short_tofu_eval(run_ou, out, task: str) -> None:
+    """OU's eval.py on ``out`` (loaded with AutoModelForCausalLM); two of its TOFU metrics keep it short."""
+    slow = ("forget_truth_ratio", "forget_quality", "model_utility", "privleak", "extraction_strength")
+    run_ou(
+        "eval",
+        [
+            "experiment=eval/tofu/default",
+            f"task_name={task}_eval",
+            *eval_overrides(out),
+            f"paths.output_dir={out}/evals",
+            *(f"~eval.tofu.metrics.{m}" for m in slow),
+        ],
+    )
+    summary = json.loads((out / "evals" / "TOFU_SUMMARY.json").read_text())
+    assert set(summary) == {"forget_Q_A_Prob", "forget_Q_A_ROUGE"}
+    assert all(math.isfinite(v) for v in summary.values())
 
 
 def _args(tmp_path, **kw) -> TrainingArguments:
@@ -162,18 +190,8 @@ def test_bidistill_with_lora_trains_and_saves_a_plain_model(ou_imported, workspa
     assert {k.rsplit(".", 2)[-2] for k in _changed(start, saved)} == {"q_proj", "v_proj"}
 
 
-def test_undo_refuses_lora_before_anything_is_loaded(ou_imported, tiny_model, tokenizer, tmp_path) -> None:
-    from trainer import TRAINER_REGISTRY
-
-    with pytest.raises(ValueError, match=r"UNDO does not support LoRA .*Set trainer\.method_args\.lora=null"):
-        TRAINER_REGISTRY["UNDO"](
-            model=tiny_model, args=_args(tmp_path), tokenizer=tokenizer, teacher=str(tmp_path / "nowhere"), lora=LORA
-        )
-
-
 def test_duet_lora_online_train_then_eval(run_ou, workspace) -> None:
     """OU's train.py with LoRA and the online teacher; the output_dir holds a plain model that OU's eval.py loads."""
-    from safetensors import safe_open
 
     task = "duet_lora_online"
     proc = run_ou(
@@ -193,31 +211,15 @@ def test_duet_lora_online_train_then_eval(run_ou, workspace) -> None:
     assert "LoRA r=4 alpha=8 dropout=0 on 4 modules (q_proj, v_proj)" in log and "duet/forget_loss" in log
     assert "precomputed teacher targets" not in log
     out = workspace / "saves" / "unlearn" / task
-    with safe_open(out / "model.safetensors", "pt") as f:
-        assert not [k for k in f.keys() if "lora" in k or "base_layer" in k]
-    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "trainer_state.json").is_file()
-    assert not (out / "adapter_config.json").exists()  # else transformers would load the adapter, not the plain model
+    _assert_plain_model_and_adapter(out)
+    assert (out / "trainer_state.json").is_file()
     before = AutoModelForCausalLM.from_pretrained(workspace / "tiny").state_dict()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert _changed(before, after) == {
         f"model.layers.{i}.self_attn.{m}.weight" for i in (0, 1) for m in ("q_proj", "v_proj")
     }
 
-    # OU's eval.py loads the output_dir with AutoModelForCausalLM; two of its TOFU metrics keep this test short
-    slow = ("forget_truth_ratio", "forget_quality", "model_utility", "privleak", "extraction_strength")
-    run_ou(
-        "eval",
-        [
-            "experiment=eval/tofu/default",
-            f"task_name={task}_eval",
-            *eval_overrides(out),
-            f"paths.output_dir={out}/evals",
-            *(f"~eval.tofu.metrics.{m}" for m in slow),
-        ],
-    )
-    summary = json.loads((out / "evals" / "TOFU_SUMMARY.json").read_text())
-    assert set(summary) == {"forget_Q_A_Prob", "forget_Q_A_ROUGE"}
-    assert all(math.isfinite(v) for v in summary.values())
+    _short_tofu_eval(run_ou, out, task)
 
 
 def test_gradient_checkpointing_with_lora_through_train_py(run_ou, workspace) -> None:
@@ -265,3 +267,90 @@ def test_bad_target_modules_fail_before_training(run_ou, workspace) -> None:
     assert "linear layers are ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'" in log
     assert "precomputed teacher targets" not in log
     assert not (workspace / "saves" / "unlearn" / task / "model.safetensors").exists()
+
+
+UNDO_LORA = [
+    "trainer.method_args.alpha=0.5",
+    "trainer.method_args.beta=0.1",
+    "trainer.method_args.recovery=null",
+    "trainer.method_args.recovery_eval_steps=2",
+    "trainer.args.warmup_steps=0",
+]
+
+
+def test_undo_lora_with_gradient_checkpointing_train_then_eval(run_ou, workspace) -> None:
+    """OU's train.py: UNDO noises a copy of the teacher, wraps it with adapters (reentrant checkpointing on) and
+    distils; the output_dir holds the merged plain model, which OU's eval.py loads, and adapter/."""
+
+    task, teacher = "undo_lora_gc", workspace / "tiny"
+    proc = run_ou(
+        "train",
+        [
+            "--config-name=unlearn.yaml",
+            "experiment=unlearn/tofu/undo",
+            f"task_name={task}",
+            *train_overrides(teacher),
+            *SMALL,
+            *UNDO_LORA,
+            f"trainer.method_args.teacher={teacher}",
+            "trainer.args.max_steps=4",
+            "trainer.args.gradient_checkpointing=true",
+            "trainer.method_args.lora={r: 4, alpha: 8, target_modules: all-linear}",
+        ],
+    )
+    log = proc.stdout + proc.stderr
+    assert "Teacher 0:" in log and "shrink-and-perturb alpha=0.5 beta=0.1" in log
+    assert "LoRA r=4 alpha=8 dropout=0 on 14 modules" in log
+    assert "UNDO with trainer.method_args.lora: only the adapters train" in log  # the measured warning
+    assert "incompatible with gradient checkpointing" in log  # checkpointing was on in the student's forward
+    assert "undo/retain_gap" in log and "undo/kl" in log
+    out = workspace / "saves" / "unlearn" / task
+    _assert_plain_model_and_adapter(out)
+    before = AutoModelForCausalLM.from_pretrained(teacher).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert _changed(before, after) == {k for k in before if "norm" not in k}  # noised (all but norms), then adapted
+
+    _short_tofu_eval(run_ou, out, task)
+
+
+def test_undo_bad_target_modules_fail_before_the_teacher_is_loaded(run_ou, workspace) -> None:
+    task = "undo_lora_bad_targets"
+    proc = run_ou(
+        "train",
+        [
+            "--config-name=unlearn.yaml",
+            "experiment=unlearn/tofu/undo",
+            f"task_name={task}",
+            *train_overrides(workspace / "tiny"),
+            *SMALL,
+            f"trainer.method_args.teacher={workspace / 'tiny'}",
+            "++trainer.args.max_steps=1",
+            "trainer.method_args.lora={target_modules: [q_proj, qkv_proj]}",
+        ],
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "trainer.method_args.lora.target_modules ['qkv_proj'] match no module of the model" in log
+    assert "linear layers are ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'" in log
+    assert "Teacher 0:" not in log and "shrink-and-perturb" not in log
+    assert not (workspace / "saves" / "unlearn" / task / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_undo_lora_under_zero3_is_refused_before_the_teacher_is_loaded(ou_root, workspace, tmp_path) -> None:
+    """accelerate launch with DeepSpeed ZeRO-3 (2 CPU processes): refused from the training arguments, before the
+    teacher is loaded (under ZeRO-3 it would be partitioned at load) or anything is noised."""
+    pytest.importorskip("deepspeed")
+    from test_distributed_ou import _train
+
+    extra = [
+        f"trainer.method_args.teacher={workspace / 'tiny'}",
+        "trainer.method_args.lora={r: 4, target_modules: [q_proj, v_proj]}",
+    ]
+    out = _train(ou_root, workspace, tmp_path, "zero3", "undo_lora_zero3", extra, experiment="undo", check=False)
+    assert (out / "returncode").read_text() != "0"
+    log = (out / "train.log").read_text()
+    assert "trainer.method_args.lora with DeepSpeed ZeRO-3 is not supported" in log
+    assert "Teacher 0:" not in log and "shrink-and-perturb" not in log
+    assert "'loss'" not in log and not (out / "model.safetensors").exists()

@@ -1,5 +1,5 @@
 """The UNDO trainer inside OU, in-process: teacher checks, the noised student, the KL step, the recovery stop,
-and several teachers; plus the DUET trainer with a checkpoint teacher and a second prefix."""
+several teachers, and LoRA (adapters over the frozen noised base, merged saving, checks before any compute)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 from torch.utils.data import Dataset
-from transformers import TrainingArguments
+from transformers import AutoModelForCausalLM, TrainingArguments
 
 from duet_plugin.core.ensemble import TeacherEnsemble, average_logits
 from duet_plugin.core.noise import shrink_and_perturb
@@ -70,18 +70,23 @@ def make_undo(ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path, cha
         _QA(authors_dataset.configs["retain90"], tokenizer, chat_args),
     )
 
-    def make(max_steps: int = 3, **method_args):
+    def make(max_steps: int = 3, training: dict | None = None, deepspeed_plugin=None, **method_args):
         args = TrainingArguments(
-            output_dir=str(tmp_path / "out"),
-            report_to="none",
-            per_device_train_batch_size=4,
-            learning_rate=3e-3,
-            max_steps=max_steps,
-            logging_steps=1,
-            remove_unused_columns=False,
-            save_strategy="no",
-            use_cpu=True,
+            **{
+                "output_dir": str(tmp_path / "out"),
+                "report_to": "none",
+                "per_device_train_batch_size": 4,
+                "learning_rate": 3e-3,
+                "max_steps": max_steps,
+                "logging_steps": 1,
+                "remove_unused_columns": False,
+                "save_strategy": "no",
+                "use_cpu": True,
+                **(training or {}),
+            }
         )
+        if deepspeed_plugin is not None:  # as TrainingArguments sets it under `accelerate launch` with DeepSpeed
+            args.deepspeed_plugin = deepspeed_plugin
         return TRAINER_REGISTRY["UNDO"](
             model=copy.deepcopy(tiny_model),
             args=args,
@@ -179,3 +184,150 @@ def test_several_teachers_average_their_logits(make_undo, tmp_path, tiny_model, 
         make_undo(
             teacher=[{"path": str(teacher_dir), "prefix": "never_heard_of"}],
         )
+
+
+# -- LoRA ------------------------------------------------------------------------------------------------------
+LORA = {"r": 4, "alpha": 8, "target_modules": "all-linear"}
+
+
+def _base_weights(peft_model) -> dict[str, torch.Tensor]:
+    """The plain model's weights under the adapters (``base_layer.`` dropped, the adapters left out)."""
+    state = peft_model.get_base_model().state_dict()
+    return {k.replace("base_layer.", ""): v.detach().clone() for k, v in state.items() if "lora_" not in k}
+
+
+def _noised_teacher(teacher_dir, alpha: float, beta: float):
+    """What UNDO's student must start from: the teacher, shrunk and perturbed with UNDOConfig's defaults."""
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    shrink_and_perturb(model, alpha, beta)
+    return model
+
+
+@pytest.mark.parametrize("gradient_checkpointing", [False, True])
+def test_lora_trains_only_the_adapters_over_the_noised_base(make_undo, teacher_dir, gradient_checkpointing) -> None:
+    """Copy the teacher, noise it, then wrap: the base under the adapters is the noised teacher bit for bit, B = 0,
+    only adapters train and the base stays bit-identical. With (reentrant) gradient checkpointing the adapters still
+    get gradients. The recovery callback measures the PeftModel student."""
+    pytest.importorskip("peft")
+    from peft import PeftModel
+
+    trainer = make_undo(
+        max_steps=6,
+        teacher=str(teacher_dir),
+        alpha=0.5,
+        beta=0.1,
+        recovery=None,
+        recovery_eval_steps=3,
+        lora=LORA,
+        training={"learning_rate": 1e-2, "gradient_checkpointing": gradient_checkpointing},
+    )
+    assert isinstance(trainer.model, PeftModel)
+    noised = _noised_teacher(teacher_dir, 0.5, 0.1).state_dict()
+    base = _base_weights(trainer.model)
+    assert base.keys() == noised.keys()
+    assert [k for k in base if not torch.equal(base[k], noised[k])] == []
+    adapters = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert {n for n, p in trainer.model.named_parameters() if p.requires_grad} == set(adapters)
+    assert len(adapters) == 2 * 7 * 2  # A and B on the 7 linear layers of both blocks (not the tied head)
+    assert all(not p.any() for n, p in adapters.items() if "lora_B" in n)  # the student starts as the noised base
+
+    trainer.train()
+    assert trainer.model.get_base_model().model.gradient_checkpointing == gradient_checkpointing
+    after = _base_weights(trainer.model)
+    assert [k for k in noised if not torch.equal(after[k], noised[k])] == []  # the noised base stays frozen
+    moved = {n for n, p in trainer.model.named_parameters() if "lora_" in n and not torch.equal(p, adapters[n])}
+    assert moved == set(adapters)
+    gaps = trainer.recovery_callback.gaps
+    assert [s for s, _ in gaps] == [0, 3, 6] and gaps[-1][1] < gaps[0][1]
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"undo/kl", "undo/retain_gap", "undo/student_retain_nll"} <= logged
+
+
+def test_lora_saves_the_merged_model_and_the_adapter(make_undo, teacher_dir, tmp_path) -> None:
+    """output_dir: a plain checkpoint whose weights are the in-memory merged ones (no adapter keys), loadable by
+    AutoModelForCausalLM; adapter/ applies to the noised teacher (reproducible from the teacher and noise_seed)."""
+    pytest.importorskip("peft")
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    from duet_plugin.core.lora import merged_state_dict
+
+    trainer = make_undo(
+        max_steps=4,
+        teacher=str(teacher_dir),
+        alpha=0.5,
+        beta=0.1,
+        recovery=None,
+        lora=LORA,
+        training={"learning_rate": 1e-2},
+    )
+    trainer.train()
+    out = tmp_path / "saved"
+    trainer.save_model(str(out))
+    with safe_open(out / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if "lora" in k or "base_layer" in k]
+    assert {f.name for f in (out / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert not (out / "adapter_config.json").exists()  # else transformers would load the adapter, not the plain model
+    assert (out / "training_args.bin").is_file() and (out / "tokenizer_config.json").is_file()
+
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    assert type(saved).__name__ == "LlamaForCausalLM"
+    expected = copy.deepcopy(trainer.model).merge_and_unload().state_dict()  # peft's own merge, in memory
+    got = saved.state_dict()
+    assert got.keys() == expected.keys()
+    assert [k for k in got if not torch.equal(got[k], expected[k])] == []
+    ours = merged_state_dict(trainer.model)
+    assert [k for k in ours if not torch.equal(ours[k], expected[k])] == []
+    noised = _noised_teacher(teacher_dir, 0.5, 0.1)
+    adapted = {k for k in got if not torch.equal(got[k], noised.state_dict()[k])}
+    assert adapted and all(k.rsplit(".", 2)[-2].endswith("_proj") for k in adapted)  # the adapters moved them
+    assert not any(getattr(m, "merged", False) for m in trainer.model.modules())  # the trained model stays unmerged
+
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        reloaded = PeftModel.from_pretrained(noised, out / "adapter").eval()
+        for model in (saved.eval(), reloaded):
+            other = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            torch.testing.assert_close(other, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_checks_come_before_any_compute(make_undo, teacher_dir, tmp_path, monkeypatch) -> None:
+    """Bad LoRA values and LoRA under ZeRO-3 stop UNDO before any teacher is checked or loaded or anything is
+    noised, and nothing is written."""
+    pytest.importorskip("peft")
+    from accelerate.utils import DeepSpeedPlugin
+
+    import duet_plugin.openunlearning.trainers.undo as undo_module
+
+    calls: list[str] = []
+
+    def spy(name: str):
+        real = getattr(undo_module, name)
+
+        def record(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return record
+
+    for name in ("check_checkpoint", "load_teachers", "shrink_and_perturb"):
+        monkeypatch.setattr(undo_module, name, spy(name))
+    with pytest.raises(
+        ValueError,
+        match=r"lora\.target_modules \['qkv_proj'\] match no module of the model\. LlamaForCausalLM's linear "
+        r"layers are \['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'",
+    ):
+        make_undo(teacher=str(teacher_dir), lora={"target_modules": ["q_proj", "qkv_proj"]})
+    with pytest.raises(ValueError, match=r"lora\.r must be an integer >= 1"):
+        make_undo(teacher=str(teacher_dir), lora={"r": 0})
+    with pytest.raises(ValueError, match=r"Unknown trainer\.method_args\.lora key\(s\) \['rank'\]"):
+        make_undo(teacher=str(teacher_dir), lora={"rank": 8})
+    zero3 = DeepSpeedPlugin(hf_ds_config={"zero_optimization": {"stage": 3}})
+    with pytest.raises(NotImplementedError, match=r"trainer\.method_args\.lora with DeepSpeed ZeRO-3 is not supported"):
+        make_undo(teacher=str(teacher_dir), lora=LORA, deepspeed_plugin=zero3)
+    assert calls == [] and not (tmp_path / "out").exists()
+    make_undo(teacher=str(teacher_dir), lora=LORA)  # the spies would have seen a valid run
+    assert calls == ["check_checkpoint", "load_teachers", "shrink_and_perturb"]

@@ -21,8 +21,10 @@ from duet_plugin.core.lora import (  # noqa: E402 - after the importorskip
     is_peft_model,
     merged_state_dict,
     save_merged,
+    save_trainer_output,
     target_module_names,
     wrap,
+    zero3_requested,
 )
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -188,6 +190,44 @@ def test_merged_checkpoint_is_a_plain_model_with_the_adapted_logits(model, ids, 
     reloaded = peft.PeftModel.from_pretrained(start, tmp_path / ADAPTER_DIR).eval()  # the adapter alone, on the start
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, rtol=0, atol=1e-6)
+
+
+def test_trainer_output_is_the_merged_model_with_tokenizer_and_arguments(model, ids, tokenizer, tmp_path) -> None:
+    """What a LoRA trainer's ``_save`` writes: save_merged's files, the tokenizer and ``training_args.bin``."""
+    from transformers import AutoTokenizer, TrainingArguments
+
+    wrapped = wrap(model, LoRAConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    _train_adapters(wrapped, ids)
+    args = TrainingArguments(output_dir=str(tmp_path / "unused"), report_to="none", use_cpu=True, seed=7)
+    save_trainer_output(wrapped, tmp_path / "out", args, tokenizer)
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file() and (out / ADAPTER_DIR / "adapter_config.json").is_file()
+    assert torch.load(out / "training_args.bin", weights_only=False).seed == 7
+    assert (
+        AutoTokenizer.from_pretrained(out)("Who wrote the novel?")["input_ids"]
+        == tokenizer("Who wrote the novel?")["input_ids"]
+    )
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(out)
+        torch.testing.assert_close(plain(input_ids=ids).logits, wrapped(input_ids=ids).logits, rtol=0, atol=1e-5)
+    save_trainer_output(wrapped, tmp_path / "no_tokenizer", args)
+    assert not (tmp_path / "no_tokenizer" / "tokenizer_config.json").exists()
+
+
+def test_zero3_is_recognised_from_the_training_arguments() -> None:
+    """Before the Trainer exists: a --deepspeed config or accelerate launch's DeepSpeed plugin (stage from the file)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    def plugin(stage: int) -> DeepSpeedPlugin:
+        return DeepSpeedPlugin(hf_ds_config={"zero_optimization": {"stage": stage}})
+
+    assert zero3_requested(SimpleNamespace(deepspeed_plugin=plugin(3)))
+    assert not zero3_requested(SimpleNamespace(deepspeed_plugin=plugin(2)))
+    assert zero3_requested(SimpleNamespace(hf_deepspeed_config=SimpleNamespace(is_zero3=lambda: True)))
+    assert not zero3_requested(SimpleNamespace(hf_deepspeed_config=SimpleNamespace(is_zero3=lambda: False)))
+    assert not zero3_requested(SimpleNamespace()) and not zero3_requested(None)
 
 
 # -- gradient checkpointing ------------------------------------------------------------------------------------

@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from trainer.unlearn.base import UnlearnTrainer
 from trainer.unlearn.grad_diff import GradDiff
 from transformers import Trainer
-from transformers.trainer import TRAINING_ARGS_NAME
 
 from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, duet_loss, precompute_targets
 from duet_plugin.core.ensemble import check_checkpoint, parse_teachers, vocab_size
-from duet_plugin.core.lora import LORA_KEY, AdaptersDisabled, LoRAConfig, is_peft_model, save_merged, wrap
+from duet_plugin.core.lora import (
+    LORA_KEY,
+    ZERO3_REFUSAL,
+    AdaptersDisabled,
+    LoRAConfig,
+    is_peft_model,
+    save_trainer_output,
+    wrap,
+    zero3_requested,
+)
 from duet_plugin.core.losses import validate_top_k
 from duet_plugin.core.teacher import PrefixSpec, derive_concepts
 from duet_plugin.openunlearning.collators import DUETCollator
@@ -110,6 +116,8 @@ class DUET(UnlearnTrainer):
         if self.lora is not None:
             if model is None:
                 raise ValueError(f"{LORA_KEY} needs the model (OU passes it to every trainer).")
+            if zero3_requested(kwargs.get("args")):
+                raise NotImplementedError(ZERO3_REFUSAL)
             kwargs["model"] = wrap(model, self.lora)  # checks target_modules first
         tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
         if tokenizer is None:
@@ -149,12 +157,8 @@ class DUET(UnlearnTrainer):
         logger.info("DUET teacher prefix (%s placement): %s", collator.renderer.placement, self.prefix_text)
 
         super().__init__(*args, **kwargs)
-        if self.lora is not None and self.is_deepspeed_enabled:
-            if self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-                raise NotImplementedError(
-                    f"{LORA_KEY} with DeepSpeed ZeRO-3 is not supported yet (merging the adapters for saving needs "
-                    f"the full weights); use ZeRO-2 or one process, or set {LORA_KEY}=null."
-                )
+        if self.lora is not None and self.zero3:
+            raise NotImplementedError(ZERO3_REFUSAL)
         # Our loss is a mean per stream: let HF scale it for gradient accumulation (transformers >= 4.46 skips
         # that scaling for models whose forward accepts loss kwargs, expecting num_items_in_batch to be used).
         self.model_accepts_loss_kwargs = False
@@ -254,11 +258,7 @@ class DUET(UnlearnTrainer):
         trained model keeps its adapters unmerged. Else HF's own saving."""
         if not is_peft_model(self.model):
             return super()._save(output_dir, state_dict=state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        save_merged(self.model, output_dir, safe_serialization=self.args.save_safetensors)
-        if self._tokenizer is not None:
-            self._tokenizer.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        save_trainer_output(self.model, output_dir or self.args.output_dir, self.args, self._tokenizer)
         return None
 
     # -- loss ----------------------------------------------------------------------------------------------
