@@ -308,12 +308,15 @@ def group_front(group: Sequence[Run], axes: Axes | None) -> tuple[set[str], list
 # -- robustness ----------------------------------------------------------------------------------------------
 
 
-def robustness_bars(run: Run) -> dict[str, tuple[str | None, float | None, float | None]]:
-    """Per attack: (metric, unattacked value, worst value over the attack's variants); None where missing."""
+def robustness_bars(
+    run: Run, forget_key: str | None = None
+) -> dict[str, tuple[str | None, float | None, float | None]]:
+    """Per attack: (metric, unattacked value, worst value over the attack's variants); None where missing. lm-eval
+    runs use ``forget_key`` (e.g. the Pareto ``--x``) as the forget task's metric, else the first ``wmdp*/acc``."""
     if run.benchmark in ("wmdp", "lm_eval"):
         keys = [k for k in run.summary if k.count("/") == 1 and not k.endswith("_stderr")]
         forget = sorted(k for k in keys if _WMDP_ACC.match(k)) or sorted(k for k in keys if k.startswith("wmdp"))
-        metric = forget[0] if forget else None
+        metric = forget_key if forget_key in keys else (forget[0] if forget else None)
         out = {}
         for attack, prefix in LM_EVAL_ATTACKS.items():
             found = [
@@ -638,13 +641,13 @@ BAR_ROW_HEIGHT, PANEL_EXTRA_HEIGHT = 0.34, 1.2
 BAR_LABEL_SIZE = 8
 
 
-def robustness_figure(runs: Sequence[Run]) -> Any:
+def robustness_figure(runs: Sequence[Run], forget_key: str | None = None) -> Any:
     """Per group and attack one panel of horizontal bars, at most ``ROBUSTNESS_COLUMNS`` panels a row: per run an
     unattacked and a worst-case bar, each with its value printed, and "n/a" where the value is missing."""
     plt = _pyplot()
     from matplotlib.patches import Patch
 
-    panels = [(name, group, robustness_bars_by_attack(group)) for name, group in groups(runs).items()]
+    panels = [(name, group, robustness_bars_by_attack(group, forget_key)) for name, group in groups(runs).items()]
     cols = min(ROBUSTNESS_COLUMNS, max(len(attacks) for _, _, attacks in panels)) or 1
     rows = []
     for name, group, attacks in panels:
@@ -688,16 +691,18 @@ def _robustness_panel(ax: Any, title: str, names: Sequence[str], bars: Sequence[
     ax.set_axisbelow(True)
 
 
-def plot_robustness(runs: Sequence[Run], path: Path) -> None:
+def plot_robustness(runs: Sequence[Run], path: Path, forget_key: str | None = None) -> None:
     plt = _pyplot()
-    fig = robustness_figure(runs)
+    fig = robustness_figure(runs, forget_key)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
-def robustness_bars_by_attack(group: Sequence[Run]) -> list[tuple[str, list[tuple[str | None, Any, Any]]]]:
+def robustness_bars_by_attack(
+    group: Sequence[Run], forget_key: str | None = None
+) -> list[tuple[str, list[tuple[str | None, Any, Any]]]]:
     """The attacks of a group (in a fixed order) with every run's (metric, unattacked, worst)."""
-    per_run = [robustness_bars(r) for r in group]
+    per_run = [robustness_bars(r, forget_key) for r in group]
     names = list(LM_EVAL_ATTACKS) if group[0].benchmark in ("wmdp", "lm_eval") else list(ATTACK_METRICS)
     return [(a, [bars.get(a, (None, None, None)) for bars in per_run]) for a in names]
 
@@ -719,5 +724,5 @@ def write_report(runs: Sequence[Run], out_dir: Path, axes: Axes | None = None, o
     md.write_text(render_markdown(runs, axes))
     table.write_text(render_csv(runs, axes))
     plot_pareto(runs, pareto, axes)
-    plot_robustness(runs, robust)
+    plot_robustness(runs, robust, axes.x if axes is not None else None)
     return paths

@@ -8,14 +8,25 @@ files are thin wrappers around :func:`main`.
 Profiles:
 
 - ``gpu`` (default) mirrors OU's ``scripts/tofu_unlearn.sh`` / ``scripts/muse_unlearn.sh``: the same model,
-  ``accelerate launch`` config, per-device batch size, gradient accumulation, and the experiment's learning rate
-  and epochs for every method. DUET, BiDistill and UNDO run as one process on one GPU (multi-GPU runs are not
-  supported yet, see README); DUET and BiDistill (and OU's methods with ``--num-gpus`` other than 2) get the
-  gradient accumulation that keeps OU's effective batch. UNDO keeps its experiment's schedule. OU has no WMDP
-  script: its ``experiment=unlearn/wmdp/default`` (RMU, one GPU, 80 steps of 16) is used as it stands, and every
-  WMDP method keeps its experiment's schedule.
-- ``cpu`` runs the same grid on a finished ``duet-plugin demo`` folder (TOFU only: the demo is TOFU-format),
-  with the demo's model, data, unlearning schedule and CPU overrides.
+  ``accelerate launch`` config (DeepSpeed ZeRO-3), per-device batch size, gradient accumulation, and the
+  experiment's learning rate and epochs for every method. DUET, BiDistill and UNDO run under the same
+  ``accelerate launch`` on the same GPUs as OU's baselines (the plugin's trainers support DDP and DeepSpeed ZeRO-3),
+  with the same effective batch; with ``--num-gpus`` other than OU's 2 every method gets the gradient accumulation
+  that keeps it. UNDO keeps its experiment's learning rate and step budget. A method that uses LoRA
+  (:attr:`Method.lora`; LoRA is refused under ZeRO-3) runs as one process on GPU 0 with the accumulation that keeps
+  the batch. OU has no WMDP script: its ``experiment=unlearn/wmdp/default`` (RMU, one GPU, 80 steps of 16) is used
+  as it stands, and every WMDP method keeps its experiment's schedule, as one process.
+- ``cpu`` runs the same grid on a finished ``duet-plugin demo`` folder, with the demo's fine-tuned model, its
+  unlearning schedule and the CPU overrides, every command as one process. TOFU uses the demo's TOFU-layout data.
+  MUSE and WMDP use stand-ins written into the demo folder from the demo's fictitious authors
+  (:mod:`duet_plugin.demo.benchmark_layouts`): the forget side is the demo's forget authors, the retain side the
+  others. MUSE gets ``muse-bench/MUSE-{News,Books}`` and an extra step that evaluates the demo's retain-only model
+  on it, whose ``MUSE_EVAL.json`` is every evaluation's ``retain_logs_path`` (privleak's reference), as OU's
+  scripts use the retrained model's logs (on WMDP the retain-only model is evaluated too, as the floor of the forget
+  task). WMDP gets ``data/wmdp/wmdp-corpora`` and, since WMDP and MMLU are lm-eval
+  tasks on the Hub, two local lm-eval tasks that stand in for them (``demo_forget_mcq``, ``demo_general_mcq``),
+  read through the plugin's ``RobustLMEvalEvaluator`` (``include_path``; without attacks it is OU's lm-eval
+  evaluation).
 """
 
 from __future__ import annotations
@@ -32,6 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from duet_plugin.demo.benchmark_layouts import (
+    DEMO_FORGET_TASK,
+    DEMO_GENERAL_TASK,
+    DEMO_MCQ_DIR,
+    WMDP_CORPORA,
+    demo_muse_files,
+    demo_wmdp_files,
+)
 from duet_plugin.demo.demo_data import REFUSAL
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
 
@@ -46,17 +65,41 @@ ORIGINAL = "original"
 NO_TRAIN_EVAL = ("trainer.args.eval_strategy=no", "trainer.args.eval_on_start=false", "trainer.args.do_eval=false")
 #: The attack metrics of eval/{tofu,muse}/robustness whose children generate text.
 TOFU_ATTACKS = ("relearn_attack", "prompt_attack", "prefill_attack", "quantization_attack")
+#: The OU model config of the CPU profile: its chat template settings fit the demo model's ChatML tokenizer (the
+#: demo model learnt its facts as chat turns; Llama-2-7b-hf's "Question: ... Answer:" tags would be new to it).
+CPU_MODEL = "Llama-3.2-1B-Instruct"
+#: The label of the demo's retain-only model in the CPU MUSE and WMDP grids (evaluated, never trained).
+RETAIN_ONLY = "retain-only"
+#: Raw-text chunk length of the CPU MUSE grid's MUSE_forget / MUSE_retain (OU: 2048; the demo model has 1024
+#: positions and was trained on sequences of under 200 tokens).
+CPU_MUSE_MAX_LENGTH = 512
+#: MUSE knowmem datasets in eval/muse/{default,robustness} (metric node, dataset), run zero-shot on the CPU: the
+#: demo model was fine-tuned on single-turn QA and answers nothing after in-context turns (measured: empty answers).
+MUSE_KNOWMEM = {
+    "default": (
+        ("forget_knowmem_ROUGE", "MUSE_forget_knowmem"),
+        ("retain_knowmem_ROUGE", "MUSE_retain_knowmem"),
+    ),
+    "robustness": (
+        *((f"{a}.pre_compute.forget_knowmem_ROUGE", "MUSE_forget_knowmem") for a in TOFU_ATTACKS),
+        ("over_refusal.pre_compute.retain_knowmem_ROUGE", "MUSE_retain_knowmem"),
+        ("performance_shift.pre_compute.forget_knowmem_ROUGE", "MUSE_forget_knowmem"),
+        ("performance_shift.pre_compute.retain_knowmem_ROUGE", "MUSE_retain_knowmem"),
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Method:
-    """One unlearning method: its OU experiment, the ``trainer=`` override (None: the experiment's own) and where
-    its setting comes from."""
+    """One unlearning method: its OU experiment, the ``trainer=`` override (None: the experiment's own), where its
+    setting comes from, and whether it trains LoRA adapters (then it runs as one process: OU's accelerate config is
+    DeepSpeed ZeRO-3, under which the plugin refuses LoRA). No method of the grids uses LoRA by default."""
 
     name: str
     experiment: str
     trainer: str | None = None
     source: str = ""
+    lora: bool = False
 
     @property
     def ours(self) -> bool:
@@ -286,6 +329,11 @@ class DemoContext:
         """The demo's retain-only reference, evaluated on ``demo_split`` (forget_quality needs it)."""
         return self.workdir / "saves" / "eval" / "demo_retain" / "TOFU_EVAL.json"
 
+    @property
+    def retain_model(self) -> Path:
+        """The demo's retain-only model (fine-tuned on the retain split's facts only)."""
+        return self.workdir / "saves" / "finetune" / "demo_retain"
+
 
 def load_demo_context(workdir: str | Path, threads: int = 2) -> DemoContext:
     """Read a finished demo folder (its marker, fine-tuned model, data and retain reference)."""
@@ -355,7 +403,7 @@ class _Builder:
     def __init__(self, o: GridOptions) -> None:
         self.o = o
         self.bench = o.benchmark
-        self.model = o.model or DEFAULT_MODELS[self.bench]
+        self.model = o.model or (CPU_MODEL if o.profile == "cpu" else DEFAULT_MODELS[self.bench])
         self.steps: list[Step] = []
         self.files: dict[Path, str] = {}
         self.notes: list[str] = []
@@ -380,8 +428,13 @@ class _Builder:
         }[self.bench]
 
     def retain_logs(self, split: str) -> Path | None:
-        """OU's reference-model logs (``python setup_data.py --eval_logs``); the demo's own on the CPU."""
+        """OU's reference-model logs (``python setup_data.py --eval_logs``); the demo's own on the CPU (TOFU: its
+        retain-only evaluation; MUSE: the grid's evaluation of its retain-only model)."""
         if self.o.profile == "cpu":
+            if self.bench == "muse":
+                return self.run_dir(split, RETAIN_ONLY) / "evals" / "MUSE_EVAL.json"
+            if self.bench == "wmdp":
+                return None
             return self.o.demo.retain_logs if split == self.o.demo.demo_split else None
         root = self.o.retain_logs_dir or self.o.ou_root / "saves" / "eval"
         if self.bench == "tofu":
@@ -437,14 +490,16 @@ class _Builder:
 
     # -- training ----------------------------------------------------------------------------------------------
     def processes(self, method: Method) -> int:
-        """Training processes: ``num_gpus`` under accelerate for OU's methods, one for ours (and on the CPU)."""
-        if self.o.profile == "cpu" or method.ours or not GPU_SCHEDULES[self.bench].accelerate:
+        """Training processes: ``num_gpus`` under accelerate for every method where OU's script uses accelerate;
+        one on the CPU, for WMDP (OU runs it on one GPU) and for a LoRA method (refused under ZeRO-3)."""
+        if self.o.profile == "cpu" or method.lora or not GPU_SCHEDULES[self.bench].accelerate:
             return 1
         return self.o.num_gpus
 
     def batch_args(self, method: Method) -> list[str]:
-        """OU's script's per-device batch, with the accumulation that keeps its effective batch on however many
-        processes run. UNDO keeps its experiment's schedule (it is a post-processing step with its own)."""
+        """OU's script's per-device batch for every method, with the accumulation that keeps its effective batch on
+        however many processes run (UNDO keeps its experiment's learning rate and step budget). On the CPU: the
+        demo's unlearning schedule (10 epochs; WMDP's experiments' 80-step budget is lifted so the epochs count)."""
         if self.o.profile == "cpu":
             if method.name == "UNDO":  # scripts/demo_undo_relearn.py's schedule
                 return [
@@ -460,13 +515,14 @@ class _Builder:
             d = self.o.demo
             return [
                 f"trainer.args.num_train_epochs={d.unlearn_epochs}",
+                *(["trainer.args.max_steps=-1"] if self.bench == "wmdp" else []),
                 f"trainer.args.learning_rate={d.unlearn_lr}",
                 f"trainer.args.per_device_train_batch_size={d.unlearn_batch_size}",
                 "trainer.args.gradient_accumulation_steps=1",
                 f"trainer.args.seed={d.seed}",
             ]
         sched = GPU_SCHEDULES[self.bench]
-        if method.name == "UNDO" or sched.per_device_train_batch_size is None:
+        if sched.per_device_train_batch_size is None:
             return []
         steps = sched.gradient_accumulation_steps * sched.gpus
         n = self.processes(method)
@@ -483,25 +539,40 @@ class _Builder:
         ]
 
     def method_args(self, method: Method, split: str) -> list[str]:
-        """Per-method overrides the setting needs (CPU: the demo's DUET prefix, RMU's layer, the idk answers)."""
+        """Per-method overrides the setting needs (CPU: the demo's DUET prefix, RMU's layers, the idk answers, MUSE's
+        chunk length)."""
         if self.o.profile != "cpu":
             return []
         d = self.o.demo
         if method.name in ("DUET", "BiDistill"):
-            # As the demo's DUET run: the demo model learnt to follow this instruction in the user turn.
-            concepts = ",".join(json.dumps(a) for a in d.forget_authors[split])
+            # As the demo's DUET run: the demo model learnt to follow this instruction in the user turn. On the MUSE
+            # and WMDP stand-ins the forget side is the demo's own forget split.
+            authors = d.forget_authors[split if self.bench == "tofu" else d.demo_split]
+            concepts = ",".join(json.dumps(a) for a in authors)
             return [
                 "trainer.method_args.prefix.name=never_heard_of",
                 "trainer.method_args.prefix.placement=user",
                 f"trainer.method_args.prefix.concepts=[{concepts}]",
             ]
+        out = []
+        if self.bench == "muse":  # OU's baselines and UNDO read MUSE_forget / MUSE_retain raw-text chunks
+            out += [
+                f"data.forget.MUSE_forget.args.max_length={CPU_MUSE_MAX_LENGTH}",
+                f"data.retain.MUSE_retain.args.max_length={CPU_MUSE_MAX_LENGTH}",
+            ]
         if method.name == "RMU":  # OU's default steers layer 7 of 16; the demo model has num_layers
-            return [f"trainer.method_args.module_regex=model\\.layers\\.{max(0, d.num_layers // 2 - 1)}"]
+            layer = max(0, d.num_layers // 2 - 1)
+            out.append(f"trainer.method_args.module_regex=model\\.layers\\.{layer}")
+            if self.bench == "wmdp":  # unlearn/wmdp/default trains the MLPs of layers 5-7 around layer 7
+                layers = "|".join(str(i) for i in range(max(0, layer - 2), layer + 1))
+                out.append(
+                    f'trainer.method_args.trainable_params_regex=["model\\.layers\\.({layers})\\.mlp\\.down_proj\\.weight"]'
+                )
         if method.name == "IdkDPO":
             idk = self.o.output_root / "idk.jsonl"
             self.files[idk] = REFUSAL + "\n"
-            return [f"data.forget.TOFU_QA_forget_idk.args.idk_path={idk}"]
-        return []
+            out.append(f"data.forget.TOFU_QA_forget_idk.args.idk_path={idk}")
+        return out
 
     def train(self, method: Method, split: str, label: str, teacher: Path | None = None) -> Path:
         run = self.task(split, label)
@@ -526,45 +597,89 @@ class _Builder:
         return out
 
     # -- evaluation ------------------------------------------------------------------------------------------
-    def eval_args(self, split: str, run: str, model: str | Path, out: Path, robustness: bool) -> list[str]:
+    def eval_args(
+        self, split: str, run: str, model: str | Path, out: Path, robustness: bool, retain_logs: bool = True
+    ) -> list[str]:
         kind = "robustness" if robustness else "default"
         args = [f"experiment=eval/{self.bench}/{kind}", f"task_name={run}", f"model={self.model}"]
         args += self.split_args(split, train=False)
         # OU would otherwise reuse the metrics an earlier run left in the folder (e.g. before a retrained model).
         args.append(f"eval.{EVAL_NODES[self.bench]}.overwrite=true")
         if self.o.profile == "cpu":
-            n = self.o.demo.eval_max_new_tokens
-            rouge = ["eval.tofu.metrics.forget_Q_A_ROUGE"] + [
-                f"eval.tofu.metrics.model_utility.pre_compute.{k}_Q_A_ROUGE" for k in ("retain", "ra", "wf")
-            ]
             args += [*eval_overrides(model), "model.template_args.system_prompt=null"]
-            args += [f"{m}.generation_args.max_new_tokens={n}" for m in rouge]
-            if robustness:  # as scripts/demo_robustness.py
-                args += [
-                    f"eval.tofu.metrics.{a}.pre_compute.forget_Q_A_ROUGE.generation_args.max_new_tokens={n}"
-                    for a in TOFU_ATTACKS
-                ]
-                args += [
-                    "eval.tofu.metrics.performance_shift.pre_compute.forget_Q_A_PARA_ROUGE.generation_args."
-                    f"max_new_tokens={n}",
-                    f"eval.tofu.metrics.relearn_attack.steps={self.o.relearn_steps}",
-                    "eval.tofu.metrics.relearn_attack.learning_rates=["
-                    + ",".join(f"{lr:g}" for lr in self.o.relearn_lrs)
-                    + "]",
-                ]
+            args += {"tofu": self.cpu_tofu_eval, "muse": self.cpu_muse_eval, "wmdp": self.cpu_wmdp_eval}[self.bench](
+                robustness
+            )
         else:
             args.append(f"model.model_args.pretrained_model_name_or_path={model}")
-        logs = self.retain_logs(split)
+        logs = self.retain_logs(split) if retain_logs else None
         if logs is not None:
             args.append(f"retain_logs_path={logs}")
         return [*args, f"paths.output_dir={out}"]
 
-    def evaluate(self, split: str, label: str, model: str | Path, trained: bool) -> None:
+    def relearn_args(self, node: str) -> list[str]:
+        """The CPU profile's relearning attack (scripts/demo_robustness.py's steps and learning rates)."""
+        lrs = ",".join(f"{lr:g}" for lr in self.o.relearn_lrs)
+        return [f"{node}.steps={self.o.relearn_steps}", f"{node}.learning_rates=[{lrs}]"]
+
+    def cpu_tofu_eval(self, robustness: bool) -> list[str]:
+        n = self.o.demo.eval_max_new_tokens
+        rouge = ["eval.tofu.metrics.forget_Q_A_ROUGE"] + [
+            f"eval.tofu.metrics.model_utility.pre_compute.{k}_Q_A_ROUGE" for k in ("retain", "ra", "wf")
+        ]
+        args = [f"{m}.generation_args.max_new_tokens={n}" for m in rouge]
+        if robustness:  # as scripts/demo_robustness.py
+            args += [
+                f"eval.tofu.metrics.{a}.pre_compute.forget_Q_A_ROUGE.generation_args.max_new_tokens={n}"
+                for a in TOFU_ATTACKS
+            ]
+            args += [
+                "eval.tofu.metrics.performance_shift.pre_compute.forget_Q_A_PARA_ROUGE.generation_args."
+                f"max_new_tokens={n}",
+                *self.relearn_args("eval.tofu.metrics.relearn_attack"),
+            ]
+        return args
+
+    def cpu_muse_eval(self, robustness: bool) -> list[str]:
+        """knowmem zero-shot (see :data:`MUSE_KNOWMEM`), the demo's relearning attack."""
+        nodes = MUSE_KNOWMEM["default"] + (MUSE_KNOWMEM["robustness"] if robustness else ())
+        args = [f"eval.muse.metrics.{m}.datasets.{d}.args.few_shot_dataset_hf_args=null" for m, d in nodes]
+        if robustness:
+            args += self.relearn_args("eval.muse.metrics.relearn_attack")
+        return args
+
+    def cpu_wmdp_eval(self, robustness: bool) -> list[str]:
+        """The demo's lm-eval stand-ins through RobustLMEvalEvaluator (OU's LMEvalEvaluator has no include_path;
+        without attacks the plugin's evaluator is OU's evaluation), in the demo model's chat format."""
+        args = [] if robustness else ["eval=lm_eval_robust", "eval.lm_eval.attacks=null"]
+        args += [
+            f"eval.lm_eval.tasks=[{DEMO_FORGET_TASK},{DEMO_GENERAL_TASK}]",
+            f"eval.lm_eval.include_path={self.o.demo.workdir / DEMO_MCQ_DIR}",
+            f"eval.lm_eval.forget_tasks=[{DEMO_FORGET_TASK}]",
+            "eval.lm_eval.simple_evaluate_args.apply_chat_template=true",
+        ]
+        if robustness:
+            args += self.relearn_args("eval.lm_eval.attacks.relearn")
+        return args
+
+    def evaluate(
+        self, split: str, label: str, model: str | Path, trained: bool, kinds: Sequence[str] = ("eval", "robustness")
+    ) -> None:
         run = self.task(split, label)
         run_dir = self.o.output_root / run
         needs = [Path(model)] if trained else []
-        self.add("eval", run, "eval", self.eval_args(split, run, model, run_dir / "evals", False), 1, needs)
-        args = self.eval_args(split, run, model, run_dir / "evals_robustness", True)
+        # The retain-only model is the reference: it is evaluated without one (OU: privleak against 0.5).
+        reference = label != RETAIN_ONLY
+        logs = self.retain_logs(split) if reference and self.o.profile == "cpu" and self.bench == "muse" else None
+        if logs is not None:  # made by this grid's retain-only step
+            needs.append(logs)
+        if "eval" in kinds:
+            self.add(
+                "eval", run, "eval", self.eval_args(split, run, model, run_dir / "evals", False, reference), 1, needs
+            )
+        if "robustness" not in kinds:
+            return
+        args = self.eval_args(split, run, model, run_dir / "evals_robustness", True, reference)
         if self.bench != "wmdp" and label != ORIGINAL:
             # The original model's logs give the relearning recovery and the performance shift.
             original = self.run_dir(split, ORIGINAL) / "evals_robustness" / f"{EVALUATORS[self.bench]}_EVAL.json"
@@ -577,8 +692,19 @@ class _Builder:
         o = self.o
         plain = [m for m in o.methods if m.name != "UNDO"]
         undo = next((m for m in o.methods if m.name == "UNDO"), None)
+        if o.profile == "cpu" and self.bench in ("muse", "wmdp"):
+            write = demo_muse_files if self.bench == "muse" else demo_wmdp_files
+            self.files.update(write(o.demo.workdir, o.demo.demo_split, o.splits))
         for split in o.splits:
+            # On the CPU MUSE grid the retain-only model's evaluation is privleak's reference (as the retrained
+            # model's logs in OU's scripts), so it comes first; its robustness needs the original's logs. On WMDP
+            # it is the floor the forget task is read against (a model that never saw the forget facts).
+            retain_only = o.profile == "cpu" and self.bench in ("muse", "wmdp")
+            if retain_only:
+                self.evaluate(split, RETAIN_ONLY, o.demo.retain_model, trained=False, kinds=("eval",))
             self.evaluate(split, ORIGINAL, self.original_model(split), trained=False)
+            if retain_only:
+                self.evaluate(split, RETAIN_ONLY, o.demo.retain_model, trained=False, kinds=("robustness",))
             outputs = {}
             for method in plain:
                 outputs[method.name] = self.train(method, split, method.name)
@@ -603,10 +729,25 @@ class _Builder:
             )
         if o.profile == "cpu":
             d = o.demo
-            notes.append(
-                f"demo model {d.model}; TOFU-layout data in {d.workdir}/locuslab/TOFU; forget_quality needs a "
-                f"retain-only reference, which the demo has for {d.demo_split} only"
-            )
+            if self.bench == "tofu":
+                notes.append(
+                    f"demo model {d.model}; TOFU-layout data in {d.workdir}/locuslab/TOFU; forget_quality needs a "
+                    f"retain-only reference, which the demo has for {d.demo_split} only"
+                )
+            elif self.bench == "muse":
+                notes.append(
+                    f"demo model {d.model}; MUSE-layout stand-ins written to {d.workdir}/muse-bench from the demo's "
+                    f"{d.demo_split} authors (forget) and the others (retain); privleak's reference is the grid's "
+                    f"evaluation of the retain-only model {d.retain_model}; knowmem runs zero-shot (the demo model "
+                    "answers nothing after in-context examples)"
+                )
+            else:
+                notes.append(
+                    f"demo model {d.model}; WMDP-layout corpora written to {d.workdir}/{WMDP_CORPORA} from the demo's "
+                    f"{d.demo_split} authors (forget) and the others (retain); lm-eval tasks {DEMO_FORGET_TASK} and "
+                    f"{DEMO_GENERAL_TASK} in {d.workdir / DEMO_MCQ_DIR} stand in for WMDP and MMLU (which are on "
+                    "the Hub); the 80-step budget of the WMDP experiments is lifted for the demo's 10 epochs"
+                )
             return notes
         if self.bench != "wmdp":
             where = o.retain_logs_dir or o.ou_root / "saves" / "eval"
@@ -619,10 +760,10 @@ class _Builder:
         if sched.accelerate:
             batch = sched.per_device_train_batch_size * sched.gradient_accumulation_steps * sched.gpus
             notes.append(
-                f"effective batch {batch} for every method, as OU's script ({sched.gpus} GPUs); OU's methods run on "
-                f"{o.num_gpus} GPU(s), DUET and BiDistill as one process on GPU 0 (multi-GPU is not supported yet), "
-                "with the gradient accumulation that keeps that batch; UNDO (one process) keeps its experiment's "
-                "schedule"
+                f"effective batch {batch} for every method, as OU's script ({sched.gpus} GPUs): every method runs "
+                f"under accelerate launch (DeepSpeed ZeRO-3) on {o.num_gpus} GPU(s), DUET, BiDistill and UNDO "
+                "included, with the gradient accumulation that keeps that batch (a LoRA method, refused under "
+                "ZeRO-3, would run as one process on GPU 0); UNDO keeps its experiment's learning rate and steps"
             )
         return notes
 
@@ -635,11 +776,6 @@ def build_grid(options: GridOptions) -> Grid:
     if o.profile not in PROFILES:
         raise ValueError(f"Unknown profile {o.profile!r}; one of {', '.join(PROFILES)}.")
     if o.profile == "cpu":
-        if o.benchmark != "tofu":
-            raise ValueError(
-                f"There is no CPU profile for {o.benchmark}: the demo model and data are TOFU-format; run "
-                f"scripts/reproduce_tofu.py --profile cpu, or --profile gpu for {o.benchmark}."
-            )
         if o.demo is None:
             raise ValueError("--profile cpu needs --demo-workdir: a finished `duet-plugin demo` folder.")
     bad = sorted(set(o.stages) - set(STAGES))
@@ -741,7 +877,9 @@ def parser(benchmark: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--demo-workdir", help="--profile cpu: a finished `duet-plugin demo` folder to reuse")
     p.add_argument("--threads", type=int, default=2, help="--profile cpu: CPU threads per command (default: 2)")
-    p.add_argument("--model", help=f"OU model config (default: {DEFAULT_MODELS[benchmark]})")
+    p.add_argument(
+        "--model", help=f"OU model config (default: {DEFAULT_MODELS[benchmark]}; with --profile cpu: {CPU_MODEL})"
+    )
     p.add_argument("--model-path", help="the model to unlearn (default: the benchmark's target for --model)")
     p.add_argument("--num-gpus", type=int, default=2, help="GPUs for accelerate launch (default: 2, as OU's scripts)")
     p.add_argument("--main-process-port", type=int, help="accelerate's --main_process_port")
@@ -757,14 +895,14 @@ def options_from_args(benchmark: str, args: argparse.Namespace) -> GridOptions:
     ou_root = find_ou_root(args.ou_root)
     demo = None
     if args.profile == "cpu":
-        if benchmark != "tofu":
-            raise ValueError(
-                f"There is no CPU profile for {benchmark}: the demo model and data are TOFU-format; use "
-                "scripts/reproduce_tofu.py --profile cpu."
-            )
         if not args.demo_workdir:
             raise ValueError("--profile cpu needs --demo-workdir: a finished `duet-plugin demo` folder.")
         demo = load_demo_context(args.demo_workdir, threads=args.threads)
+        if benchmark != "tofu" and not (demo.retain_model / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{demo.retain_model} is missing: the {benchmark} grid evaluates the demo's retain-only model (the "
+                "reference); rerun `duet-plugin demo`."
+            )
     if args.output_root:
         output_root = Path(args.output_root).expanduser().resolve()
     elif demo is not None:

@@ -3,6 +3,11 @@
     python scripts/reproduce_wmdp.py --ou-root $OU_ROOT --dry-run       # print every command, run nothing
     python scripts/reproduce_wmdp.py --ou-root $OU_ROOT --list-methods  # methods, their sources, what is skipped
     python scripts/reproduce_wmdp.py --ou-root $OU_ROOT                 # run (a rerun skips finished steps)
+    python scripts/reproduce_wmdp.py --ou-root $OU_ROOT --profile cpu --demo-workdir DEMO_DIR
+
+With --profile cpu the grid runs on a finished `duet-plugin demo` folder: its model and schedule, and WMDP-layout
+corpora and two local lm-eval tasks that stand in for WMDP and MMLU (demo_forget_mcq, demo_general_mcq), written
+into it from the demo's fictitious authors.
 
 The grid is built by duet_plugin.reproduce; see its docstring and `--help`.
 """

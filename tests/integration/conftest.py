@@ -9,7 +9,6 @@ the project's fictitious-author dataset laid out as ``locuslab/TOFU``, a MUSE-st
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from duet_plugin.demo.benchmark_layouts import wmdp_corpus_files, workspace_muse_configs, write_files, write_hub_dataset
 from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer, save_model
 from duet_plugin.openunlearning.launcher import is_ou_root
@@ -49,43 +49,6 @@ def ou_imported(ou_root: Path) -> Path:
     return ou_root
 
 
-def _write_hub_dataset(root: Path, repo: str, configs: dict[str, dict[str, list[dict]]]) -> None:
-    """A local Hub-style dataset folder: one JSON file per (config, split) and a card naming them all."""
-    folder = root / repo
-    folder.mkdir(parents=True, exist_ok=True)
-    card = ["---", "configs:"]
-    for config, splits in configs.items():
-        card += [f"- config_name: {config}", "  data_files:"]
-        for split, rows in splits.items():
-            (folder / f"{config}_{split}.json").write_text(json.dumps(rows))
-            card += [f"  - split: {split}", f"    path: {config}_{split}.json"]
-    (folder / "README.md").write_text("\n".join([*card, "---", ""]))
-
-
-def _muse_configs(ds) -> dict[str, dict[str, list[dict]]]:
-    """MUSE-News's configs (raw, knowmem, verbmem, privleak) filled from the fictitious authors."""
-
-    def paragraphs(config: str) -> list[str]:
-        rows = ds.configs[config]
-        return [" ".join(r["answer"] for r in rows[i : i + 4]) for i in range(0, len(rows), 4)]
-
-    def qa(config: str, n: int) -> list[dict]:
-        return [{"question": r["question"], "answer": r["answer"]} for r in ds.configs[config][:n]]
-
-    forget, retain = paragraphs("forget10"), paragraphs("retain90")
-    return {
-        "raw": {"forget": [{"text": t} for t in forget], "retain1": [{"text": t} for t in retain]},
-        "knowmem": {
-            "forget_qa": qa("forget10", 6),
-            "forget_qa_icl": qa("forget10", 8)[6:],
-            "retain_qa": qa("retain90", 6),
-            "retain_qa_icl": qa("retain90", 8)[6:],
-        },
-        "verbmem": {"forget": [{"prompt": " ".join(t.split()[:8]), "gt": " ".join(t.split()[8:])} for t in forget]},
-        "privleak": {"forget": [{"text": t} for t in forget], "holdout": [{"text": t} for t in retain[:4]]},
-    }
-
-
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("ou_workspace")
@@ -95,13 +58,10 @@ def workspace(tmp_path_factory) -> Path:
     tok = build_tokenizer(texts, vocab_size=800)
     save_model(build_tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=4), tok, ws / "tiny")
 
-    muse = _muse_configs(ds)
-    _write_hub_dataset(ws, "muse-bench/MUSE-News", muse)
-    corpora = ws / "data" / "wmdp" / "wmdp-corpora"
-    corpora.mkdir(parents=True)
-    for name, split in (("forget", "forget"), ("retain", "retain1")):
-        lines = [json.dumps(row) for row in muse["raw"][split]]
-        (corpora / f"cyber-{name}-corpus.jsonl").write_text("\n".join(lines) + "\n")
+    muse = workspace_muse_configs(ds)
+    write_hub_dataset(ws, "muse-bench/MUSE-News", muse)
+    raw = {split: [row["text"] for row in rows] for split, rows in muse["raw"].items()}
+    write_files(wmdp_corpus_files(ws, "cyber", raw["forget"], raw["retain1"], json_lines=True))
     return ws
 
 

@@ -113,3 +113,93 @@ def test_cpu_grid_composes(ou_imported, tmp_path) -> None:
     robust = cfgs["robustness tofu_demo_forget05_original"]
     assert list(robust.eval.tofu.metrics.relearn_attack.learning_rates) == [1e-4, 1e-3]
     assert robust.model.model_args.device_map == "cpu"
+
+
+@pytest.fixture
+def demo_context(tmp_path: Path) -> rp.DemoContext:
+    """A demo folder's data (the fictitious authors in TOFU's layout) and context; no model is loaded to compose."""
+    from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
+
+    demo = tmp_path / "demo"
+    dataset = build_dataset(n_authors=20, qa_per_author=4, seed=0)
+    write_hub_layout(dataset, demo)
+    return rp.DemoContext(
+        workdir=demo,
+        model=demo / "saves" / "finetune" / "demo_full",
+        demo_split="forget05",
+        forget_authors={s: tuple(dataset.forget_authors(s)) for s in ("forget01", "forget05", "forget10")},
+        num_layers=4,
+    )
+
+
+@pytest.mark.parametrize(("benchmark", "split"), [("muse", "News"), ("wmdp", "cyber")])
+def test_cpu_muse_and_wmdp_grids_compose(ou_imported, benchmark, split, demo_context, tmp_path) -> None:
+    grid = _grid(ou_imported, benchmark, split, tmp_path, profile="cpu", demo=demo_context, python="python")
+    evals = [s for s in grid.steps if s.kind != "train"]
+    steps = [s for s in grid.steps if s.kind == "train"] + [evals[0], evals[1], evals[2]]
+    cfgs = _compose(ou_imported, steps)
+    forget = list(demo_context.forget_authors["forget05"])
+    for step in steps:
+        cfg = cfgs[step.name]
+        evaluated = tmp_path / "out" / step.run if step.kind != "train" else demo_context.model
+        if step.run.endswith(("_original", "_retain-only")):
+            evaluated = demo_context.model if step.run.endswith("_original") else demo_context.retain_model
+        assert cfg.model.model_args.pretrained_model_name_or_path == str(evaluated), step.name
+        assert cfg.model.tokenizer_args.pretrained_model_name_or_path == str(evaluated), step.name
+        assert cfg.model.template_args.apply_chat_template is True and cfg.model.template_args.system_prompt is None
+        if step.kind != "train":
+            continue
+        label = step.run.rsplit("_", 1)[1]
+        args = cfg.trainer.args
+        assert args.eval_strategy == "no" and args.optim == "adamw_torch" and args.bf16 is False
+        if label.startswith("UNDO"):
+            assert args.max_steps == 500 and cfg.trainer.method_args.teacher.endswith(label[5:])
+            continue
+        # The demo's schedule; WMDP's 80-step budget lifted.
+        assert (args.num_train_epochs, float(args.learning_rate), args.per_device_train_batch_size) == (10, 1e-3, 8)
+        assert args.get("max_steps", -1) == -1
+        if label in ("DUET", "BiDistill"):
+            assert list(cfg.trainer.method_args.prefix.concepts) == forget
+            assert cfg.trainer.method_args.prefix.name == "never_heard_of"
+        if benchmark == "muse" and label not in ("DUET", "BiDistill"):
+            assert cfg.data.forget.MUSE_forget.args.max_length == rp.CPU_MUSE_MAX_LENGTH
+            assert cfg.data.forget.MUSE_forget.args.hf_args.path == "muse-bench/MUSE-News"
+            assert cfg.data.retain.MUSE_retain.args.hf_args.split == "retain1"
+        if label == "RMU":
+            assert cfg.trainer.method_args.module_regex == r"model\.layers\.1"
+            if benchmark == "wmdp":
+                assert list(cfg.trainer.method_args.trainable_params_regex) == [
+                    r"model\.layers\.(0|1)\.mlp\.down_proj\.weight"
+                ]
+        if benchmark == "wmdp":
+            data = OmegaConf.to_container(cfg.data, resolve=True)
+            files = json.dumps(data)
+            assert "data/wmdp/wmdp-corpora/cyber-forget-corpus.jsonl" in files
+    if benchmark == "muse":
+        retain_only, original = cfgs[evals[0].name], cfgs[evals[1].name]
+        assert retain_only.eval.muse.retain_logs_path is None
+        logs = str(tmp_path / "out" / "muse_demo_News_retain-only" / "evals" / "MUSE_EVAL.json")
+        assert original.eval.muse.retain_logs_path == logs
+        assert original.eval.muse.metrics.privleak.reference_logs.retain_model_logs.path == logs
+        assert (
+            original.eval.muse.metrics.forget_knowmem_ROUGE.datasets.MUSE_forget_knowmem.args.few_shot_dataset_hf_args
+            is None
+        )
+        robust = cfgs[evals[2].name].eval.muse.metrics
+        for node, dataset in rp.MUSE_KNOWMEM["robustness"]:
+            assert OmegaConf.select(robust, f"{node}.datasets.{dataset}.args.few_shot_dataset_hf_args") is None
+            assert OmegaConf.select(robust, f"{node}.datasets.{dataset}.args.hf_args.path") == "muse-bench/MUSE-News"
+        assert list(robust.relearn_attack.learning_rates) == [1e-4, 1e-3]
+    else:
+        plain, robust = cfgs[evals[0].name].eval.lm_eval, cfgs[evals[2].name].eval.lm_eval
+        for lm_eval in (plain, robust):
+            assert lm_eval.handler == "RobustLMEvalEvaluator"
+            assert list(lm_eval.tasks) == ["demo_forget_mcq", "demo_general_mcq"]
+            assert lm_eval.include_path == str(demo_context.workdir / "data" / "wmdp" / "demo-mcq")
+            assert list(lm_eval.forget_tasks) == ["demo_forget_mcq"]
+            assert lm_eval.simple_evaluate_args.apply_chat_template is True
+        assert plain.attacks is None  # OU's evaluation, through the evaluator that reads include_path
+        from duet_plugin.core.attacks.lm_eval_plan import AttackPlan
+
+        plan = AttackPlan.from_config(OmegaConf.to_container(robust.attacks, resolve=True))
+        assert [v.name for v in plan.variants] == ["int8", "int4", "relearn_lr0.0001", "relearn_lr0.001"]

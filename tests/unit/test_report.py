@@ -365,3 +365,16 @@ def test_robustness_figure_is_a_narrow_grid(tmp_path) -> None:
     # retain-only lacks everything (4 attacks x 2 bars), every other run both quantization bars (no attack details).
     assert n_missing == 4 * 2 + 2 * (len(runs) - 1)
     rpt._pyplot().close(fig)
+
+
+def test_robustness_bars_read_a_named_forget_task(tmp_path) -> None:
+    """A local forget task not named wmdp* (the CPU demo's stand-in) is charted when named, e.g. by --x."""
+    run_dir = tmp_path / "wmdp_demo_cyber_DUET"
+    lm = {"demo_forget_mcq/acc": 0.9, "demo_general_mcq/acc": 0.8, "int4/demo_forget_mcq/acc": 1.0}
+    lm |= {"relearn_lr0.001/demo_forget_mcq/acc": 0.95, "relearn_lr0.001/demo_general_mcq/acc": 0.99}
+    (run_dir / "evals").mkdir(parents=True)
+    (run_dir / "evals" / "LMEval_SUMMARY.json").write_text(json.dumps(lm))
+    run = rpt.load_run("DUET", run_dir)
+    assert all(worst is None for _, _, worst in rpt.robustness_bars(run).values())  # no wmdp* task: nothing found
+    named = rpt.robustness_bars(run, "demo_forget_mcq/acc")
+    assert named == {"relearn": ("demo_forget_mcq/acc", 0.9, 0.95), "quantization": ("demo_forget_mcq/acc", 0.9, 1.0)}

@@ -135,16 +135,20 @@ def test_gpu_profile_mirrors_ou_scripts(ou_root, tmp_path) -> None:
     )
     retain_logs = ou_root / "saves" / "eval" / "tofu_Llama-3.2-1B-Instruct_retain95" / "TOFU_EVAL.json"
     assert arg(npo, "retain_logs_path") == str(retain_logs)
-    # DUET is one process on one GPU with twice the accumulation: the same 32 examples per step.
-    duet = tofu["tofu_Llama-3.2-1B-Instruct_forget05_DUET"]
-    assert duet.argv[:2] == ("python", "src/train.py") and duet.env["CUDA_VISIBLE_DEVICES"] == "0"
-    assert arg(duet, "trainer.args.gradient_accumulation_steps") == "8"
+    # DUET, BiDistill and UNDO run under the same accelerate launch on the same GPUs with the same batch.
+    for label in ("DUET", "BiDistill", "UNDO-DUET", "UNDO-GradDiff"):
+        ours = tofu[f"tofu_Llama-3.2-1B-Instruct_forget05_{label}"]
+        assert ours.argv[: ours.argv.index("src/train.py")] == npo.argv[: npo.argv.index("src/train.py")], label
+        assert ours.env == npo.env, label
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing"):
+            assert arg(ours, f"trainer.args.{key}") == arg(npo, f"trainer.args.{key}"), (label, key)
     # Learning rate and epochs are the experiment's, for every method: nobody overrides them.
     assert all(arg(s, "trainer.args.learning_rate") is None for s in tofu.values())
 
     muse = by_run(grid("muse", ou_root, tmp_path, splits=["Books"]), "train")
     assert arg(muse["muse_Llama-2-7b-hf_Books_SimNPO"], "trainer.args.gradient_accumulation_steps") == "8"
-    assert arg(muse["muse_Llama-2-7b-hf_Books_DUET"], "trainer.args.gradient_accumulation_steps") == "16"
+    assert arg(muse["muse_Llama-2-7b-hf_Books_DUET"], "trainer.args.gradient_accumulation_steps") == "8"
+    assert "accelerate" in muse["muse_Llama-2-7b-hf_Books_UNDO-DUET"].argv
     assert arg(muse["muse_Llama-2-7b-hf_Books_GradDiff"], "data_split") == "Books"
 
     wmdp = by_run(grid("wmdp", ou_root, tmp_path, splits=["bio"]), "train")
@@ -152,16 +156,30 @@ def test_gpu_profile_mirrors_ou_scripts(ou_root, tmp_path) -> None:
     assert arg(rmu, "experiment") == "unlearn/wmdp/default" and arg(rmu, "trainer") is None
     assert rmu.argv[0] == "python" and arg(rmu, "trainer.args.per_device_train_batch_size") is None
     assert arg(rmu, "retain_logs_path") is None
+    assert all(s.argv[0] == "python" and arg(s, "trainer.args.max_steps") is None for s in wmdp.values())
 
-    # On other GPU counts OU's methods keep the effective batch (4 x 4 x 2 = 32) too.
+    # On other GPU counts every method keeps the effective batch (4 x 4 x 2 = 32) too.
     for n, accumulation in ((1, "8"), (4, "2"), (8, "1")):
         other = by_run(grid("tofu", ou_root, tmp_path, splits=["forget05"], num_gpus=n), "train")
-        npo = other["tofu_Llama-3.2-1B-Instruct_forget05_NPO"]
-        assert arg(npo, "trainer.args.gradient_accumulation_steps") == accumulation
-        assert (npo.argv[0] == "python") == (n == 1)
-        assert arg(other["tofu_Llama-3.2-1B-Instruct_forget05_DUET"], "trainer.args.gradient_accumulation_steps") == "8"
+        for label in ("NPO", "DUET", "UNDO-DUET"):
+            step = other[f"tofu_Llama-3.2-1B-Instruct_forget05_{label}"]
+            assert arg(step, "trainer.args.gradient_accumulation_steps") == accumulation
+            assert (step.argv[0] == "python") == (n == 1)
+            assert n == 1 or step.argv[step.argv.index("--num_processes") + 1] == str(n)
     with pytest.raises(ValueError, match="--num-gpus dividing 8"):
         grid("tofu", ou_root, tmp_path, num_gpus=3)
+
+
+def test_a_lora_method_runs_as_one_process_with_the_same_batch(ou_root, tmp_path, monkeypatch) -> None:
+    """OU's accelerate config is DeepSpeed ZeRO-3, which refuses LoRA: such a method gets one process and the
+    accumulation that keeps the effective batch."""
+    duet = rp.METHODS["tofu"]["DUET"]
+    monkeypatch.setitem(rp.METHODS["tofu"], "DUET", rp.Method(duet.name, duet.experiment, None, duet.source, lora=True))
+    trains = by_run(grid("tofu", ou_root, tmp_path, splits=["forget05"], methods=["DUET", "NPO"]), "train")
+    lora, npo = trains["tofu_Llama-3.2-1B-Instruct_forget05_DUET"], trains["tofu_Llama-3.2-1B-Instruct_forget05_NPO"]
+    assert lora.argv[:2] == ("python", "src/train.py") and lora.env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert arg(lora, "trainer.args.gradient_accumulation_steps") == "8"
+    assert "accelerate" in npo.argv and arg(npo, "trainer.args.gradient_accumulation_steps") == "4"
 
 
 def test_undo_reads_the_unlearned_runs_output_and_comes_after_it(ou_root, tmp_path) -> None:
@@ -237,8 +255,11 @@ def test_cpu_profile_uses_the_demo_and_the_cpu_overrides(ou_root, demo_dir, tmp_
 
 
 def test_cpu_profile_errors(ou_root, demo_dir, tmp_path, capsys) -> None:
+    # MUSE's privleak needs the demo's retain-only model, which this stand-in lacks.
     assert rp.main("muse", ["--ou-root", str(ou_root), "--profile", "cpu", "--demo-workdir", str(demo_dir)]) == 2
-    assert "no CPU profile for muse" in capsys.readouterr().err
+    assert "demo_retain is missing" in capsys.readouterr().err
+    assert rp.main("wmdp", ["--ou-root", str(ou_root), "--profile", "cpu", "--demo-workdir", str(demo_dir)]) == 2
+    assert "retain-only model" in capsys.readouterr().err
     assert rp.main("tofu", ["--ou-root", str(ou_root), "--profile", "cpu", "--dry-run"]) == 2
     assert "--demo-workdir" in capsys.readouterr().err
     (demo_dir / ".duet-plugin-demo").unlink()
@@ -318,3 +339,236 @@ def test_run_grid_stops_on_failure_and_missing_inputs(tmp_path) -> None:
     with pytest.raises(rp.StepFailed, match="teacher"):
         rp.run_grid(rp.Grid("tofu", "gpu", [waiting]), out=io.StringIO())
     assert not waiting.log.exists()
+
+
+# -- CPU profiles of MUSE and WMDP: stand-ins written into the demo folder ------------------------------------
+
+
+@pytest.fixture
+def full_demo(tmp_path: Path) -> Path:
+    """A finished-demo stand-in with the demo's real data layout (fictitious authors in TOFU's layout), model
+    configs of the fine-tuned and retain-only models and the retain reference logs."""
+    from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
+
+    w = tmp_path / "demo"
+    write_hub_layout(build_dataset(n_authors=20, qa_per_author=4, seed=0), w)
+    for name in ("demo_full", "demo_retain"):
+        (w / "saves" / "finetune" / name).mkdir(parents=True)
+        (w / "saves" / "finetune" / name / "config.json").write_text(json.dumps({"num_hidden_layers": 4}))
+    retain = w / "saves" / "eval" / "demo_retain"
+    (retain / ".hydra").mkdir(parents=True)
+    (retain / "TOFU_EVAL.json").write_text("{}")
+    (retain / ".hydra" / "config.yaml").write_text("forget_split: forget05\n")
+    (w / ".duet-plugin-demo").write_text("demo\n")
+    return w
+
+
+def cpu_grid(benchmark: str, ou_root: Path, demo_dir: Path, tmp_path: Path, **kw) -> rp.Grid:
+    demo = rp.load_demo_context(demo_dir, threads=1)
+    return grid(benchmark, ou_root, tmp_path, profile="cpu", demo=demo, python=sys.executable, **kw)
+
+
+def rows_of(g: rp.Grid, path: Path) -> list[dict]:
+    text = g.files[path]
+    return json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("benchmark", ["muse", "wmdp"])
+def test_cpu_grid_has_every_method_on_the_demo_model(benchmark, ou_root, full_demo, tmp_path) -> None:
+    g = cpu_grid(benchmark, ou_root, full_demo, tmp_path)
+    model = full_demo / "saves" / "finetune" / "demo_full"
+    labels = [m for m in rp.METHODS[benchmark] if m != "UNDO"] + [f"UNDO-{t}" for t in rp.UNDO_TEACHERS[benchmark]]
+    trains, evals, robust = by_run(g, "train"), by_run(g, "eval"), by_run(g, "robustness")
+    for split in rp.SPLITS[benchmark]:
+        for label in labels:
+            run = f"{benchmark}_demo_{split}_{label}"
+            assert arg(trains[run], "data_split") == split and arg(evals[run], "data_split") == split
+            # Every run starts from the demo's fine-tuned model (UNDO's teacher is the unlearned run's output).
+            assert arg(trains[run], "model.model_args.pretrained_model_name_or_path") == str(model)
+            out = arg(trains[run], "paths.output_dir")
+            assert arg(evals[run], "model.model_args.pretrained_model_name_or_path") == out
+            assert arg(robust[run], "model.model_args.pretrained_model_name_or_path") == out
+            steps = arg(trains[run], "trainer.args.max_steps")
+            if label.startswith("UNDO"):  # scripts/demo_undo_relearn.py's schedule
+                assert steps == "500" and arg(trains[run], "trainer.method_args.teacher") == str(trains[run].needs[0])
+            else:  # the demo's unlearning schedule; WMDP's 80-step budget lifted so that the epochs count
+                assert arg(trains[run], "trainer.args.num_train_epochs") == "10"
+                assert arg(trains[run], "trainer.args.learning_rate") == "0.001"
+                assert steps == ("-1" if benchmark == "wmdp" else None)
+        original = f"{benchmark}_demo_{split}_original"
+        assert arg(evals[original], "model.model_args.pretrained_model_name_or_path") == str(model)
+    for step in g.steps:
+        assert step.cwd == full_demo and step.argv[0] == sys.executable and "accelerate" not in step.argv
+        assert arg(step, "model") == rp.CPU_MODEL  # the demo tokenizer's chat format
+        assert arg(step, "model.template_args.system_prompt") == "null"
+        if step.kind == "train":
+            assert set(train_overrides(model)) <= set(step.argv), step.name
+    # DUET and BiDistill tell the teacher to forget the demo's forget authors (the split the demo unlearns).
+    demo = rp.load_demo_context(full_demo)
+    concepts = "[" + ",".join(json.dumps(a) for a in demo.forget_authors["forget05"]) + "]"
+    for label in ("DUET", "BiDistill"):
+        step = trains[f"{benchmark}_demo_{rp.SPLITS[benchmark][0]}_{label}"]
+        assert arg(step, "trainer.method_args.prefix.concepts") == concepts
+        assert arg(step, "trainer.method_args.prefix.placement") == "user"
+    rmu = trains[f"{benchmark}_demo_{rp.SPLITS[benchmark][0]}_RMU"]
+    assert arg(rmu, "trainer.method_args.module_regex") == r"model\.layers\.1"
+
+
+def test_cpu_muse_grid_evaluates_the_retain_only_model_first_and_wires_its_logs(ou_root, full_demo, tmp_path) -> None:
+    g = cpu_grid("muse", ou_root, full_demo, tmp_path, splits=["News"])
+    out = tmp_path / "out"
+    logs = out / "muse_demo_News_retain-only" / "evals" / "MUSE_EVAL.json"
+    names = [s.name for s in g.steps]
+    assert names[:4] == [
+        "eval muse_demo_News_retain-only",
+        "eval muse_demo_News_original",
+        "robustness muse_demo_News_original",
+        "robustness muse_demo_News_retain-only",
+    ]
+    retain_only = g.steps[0]
+    assert arg(retain_only, "model.model_args.pretrained_model_name_or_path") == str(
+        full_demo / "saves" / "finetune" / "demo_retain"
+    )
+    assert arg(retain_only, "paths.output_dir") == str(logs.parent)
+    for step in g.steps:
+        if step.run.endswith("_retain-only"):  # the reference itself: OU's default (0.5) for its own privleak
+            assert arg(step, "retain_logs_path") is None
+            continue
+        assert arg(step, "retain_logs_path") == str(logs), step.name  # as OU's scripts, also for training
+        if step.kind != "train":
+            assert logs in step.needs and names.index(step.name) > 0
+    # The retain-only model's robustness is measured against the original, like every other run's.
+    robust = by_run(g, "robustness")["muse_demo_News_retain-only"]
+    assert arg(robust, "original_logs_path") == str(
+        out / "muse_demo_News_original" / "evals_robustness" / "MUSE_EVAL.json"
+    )
+    # knowmem zero-shot everywhere it is measured; the demo's relearning attack.
+    for step in g.steps:
+        if step.kind == "train":
+            continue
+        zero_shot = [a for a in step.argv if a.endswith(".few_shot_dataset_hf_args=null")]
+        assert len(zero_shot) == (2 if step.kind == "eval" else 2 + len(rp.MUSE_KNOWMEM["robustness"])), step.name
+    robust = by_run(g, "robustness")["muse_demo_News_NPO"]
+    assert arg(robust, "eval.muse.metrics.relearn_attack.learning_rates") == "[0.0001,0.001]"
+    # OU's baselines and UNDO read raw-text chunks that fit the demo model's 1024 positions; DUET reads queries.
+    trains = by_run(g, "train")
+    for label in ("GradDiff", "RMU", "UNDO-DUET"):
+        assert arg(trains[f"muse_demo_News_{label}"], "data.retain.MUSE_retain.args.max_length") == "512"
+    assert arg(trains["muse_demo_News_DUET"], "data.retain.MUSE_retain.args.max_length") is None
+
+
+def test_cpu_muse_data_forgets_the_demo_forget_authors(ou_root, full_demo, tmp_path) -> None:
+    g = cpu_grid("muse", ou_root, full_demo, tmp_path)
+    demo = rp.load_demo_context(full_demo)
+    forget = demo.forget_authors["forget05"]
+    others = set(demo.forget_authors["forget10"]) - set(forget)  # authors that stay on the retain side
+    holdout = {r["author"] for r in json.loads((full_demo / "locuslab" / "TOFU" / "holdout05.json").read_text())}
+    n_facts = len(json.loads((full_demo / "locuslab" / "TOFU" / "forget05.json").read_text()))
+    for split in ("News", "Books"):
+        repo = full_demo / "muse-bench" / f"MUSE-{split}"
+        # Every config and split OU's MUSE data and eval configs read, and a card that names them.
+        expected = {"raw_forget", "raw_retain1", "knowmem_forget_qa", "knowmem_forget_qa_icl", "knowmem_retain_qa"}
+        expected |= {"knowmem_retain_qa_icl", "verbmem_forget", "privleak_forget", "privleak_holdout"}
+        assert {p.stem for p in g.files if p.parent == repo and p.suffix == ".json"} == expected
+        card = g.files[repo / "README.md"]
+        assert all(f"path: {name}.json" in card for name in expected)
+        raw = [r["text"] for r in rows_of(g, repo / "raw_forget.json")]
+        # News: one document per fact, Books: one passage per author.
+        assert len(raw) == (n_facts if split == "News" else len(forget))
+        assert all(any(a in t for a in forget) for t in raw) and not any(a in t for t in raw for a in others)
+        retain = [r["text"] for r in rows_of(g, repo / "raw_retain1.json")]
+        assert not any(a in t for t in retain for a in forget) and any(a in t for t in retain for a in others)
+        held = [r["text"] for r in rows_of(g, repo / "privleak_holdout.json")]
+        assert all(any(a in t for a in holdout) for t in held)
+        assert rows_of(g, repo / "privleak_forget.json") == rows_of(g, repo / "raw_forget.json")
+        qa = rows_of(g, repo / "knowmem_forget_qa.json")
+        assert len(qa) == n_facts and all(any(a in r["question"] for a in forget) for r in qa)
+        assert not any(a in r["question"] for r in rows_of(g, repo / "knowmem_retain_qa.json") for a in forget)
+        for row in rows_of(g, repo / "verbmem_forget.json"):  # a forget answer cut before the fact it states
+            assert row["prompt"] and row["gt"] and any(a in row["prompt"] for a in forget)
+
+
+def test_cpu_wmdp_grid_uses_local_stand_in_tasks(ou_root, full_demo, tmp_path) -> None:
+    g = cpu_grid("wmdp", ou_root, full_demo, tmp_path, splits=["cyber"])
+    mcq = full_demo / "data" / "wmdp" / "demo-mcq"
+    evals, robust = by_run(g, "eval"), by_run(g, "robustness")
+    for step in [*evals.values(), *robust.values()]:
+        assert arg(step, "eval.lm_eval.tasks") == "[demo_forget_mcq,demo_general_mcq]"
+        assert arg(step, "eval.lm_eval.include_path") == str(mcq)
+        assert arg(step, "eval.lm_eval.forget_tasks") == "[demo_forget_mcq]"
+        assert arg(step, "eval.lm_eval.simple_evaluate_args.apply_chat_template") == "true"
+        assert arg(step, "retain_logs_path") is None and arg(step, "original_logs_path") is None
+    for step in evals.values():  # OU's evaluation: the plugin's evaluator (include_path) without attacks
+        assert arg(step, "experiment") == "eval/wmdp/default"
+        assert (arg(step, "eval"), arg(step, "eval.lm_eval.attacks")) == ("lm_eval_robust", "null")
+    for step in robust.values():
+        assert arg(step, "experiment") == "eval/wmdp/robustness" and arg(step, "eval.lm_eval.attacks") is None
+        assert arg(step, "eval.lm_eval.attacks.relearn.learning_rates") == "[0.0001,0.001]"
+    assert arg(evals["wmdp_demo_cyber_retain-only"], "model.model_args.pretrained_model_name_or_path") == str(
+        full_demo / "saves" / "finetune" / "demo_retain"
+    )
+    rmu = by_run(g, "train")["wmdp_demo_cyber_RMU"]
+    assert arg(rmu, "trainer.method_args.trainable_params_regex") == r'["model\.layers\.(0|1)\.mlp\.down_proj\.weight"]'
+    undo = by_run(g, "train")["wmdp_demo_cyber_UNDO-RMU"]
+    assert arg(undo, "trainer.method_args.teacher") == arg(rmu, "paths.output_dir")
+
+    # The files: corpora as OU's setup lays them out, tasks that are named as stand-ins, never as WMDP/MMLU.
+    demo = rp.load_demo_context(full_demo)
+    forget = demo.forget_authors["forget05"]
+    corpora = full_demo / "data" / "wmdp" / "wmdp-corpora"
+    assert {p for p in g.files if p.parent == corpora} == {
+        corpora / "cyber-forget-corpus.jsonl",
+        corpora / "cyber-retain-corpus.jsonl",
+    }
+    n_facts = len(json.loads((full_demo / "locuslab" / "TOFU" / "forget05.json").read_text()))
+    lines = g.files[corpora / "cyber-forget-corpus.jsonl"].splitlines()
+    assert len(lines) == n_facts and all(any(a in line for a in forget) for line in lines)
+    assert not any(a in g.files[corpora / "cyber-retain-corpus.jsonl"] for a in forget)
+    import yaml
+
+    for task in ("demo_forget_mcq", "demo_general_mcq"):
+        config = yaml.safe_load(g.files[mcq / f"{task}.yaml"])
+        assert config["task"] == task and config["dataset_kwargs"]["data_files"]["test"] == str(mcq / f"{task}.jsonl")
+        assert config["output_type"] == "multiple_choice"
+        assert "not WMDP" in g.files[mcq / f"{task}.yaml"] or "not MMLU" in g.files[mcq / f"{task}.yaml"]
+    tofu = full_demo / "locuslab" / "TOFU"
+    answers = {r["question"]: r["answer"] for r in json.loads((tofu / "full.json").read_text())}
+    questions = rows_of(g, mcq / "demo_forget_mcq.jsonl")
+    assert len(questions) == n_facts and {q["answer"] for q in questions} == {0, 1, 2, 3}
+    for q in questions:
+        assert len(q["choices"]) == 4 and q["choices"][q["answer"]] == answers[q["question"]]
+        assert any(a in q["question"] for a in forget)
+    general = rows_of(g, mcq / "demo_general_mcq.jsonl")
+    assert not any(a in q["question"] for q in general for a in forget)
+
+
+@pytest.mark.parametrize("benchmark", ["muse", "wmdp"])
+def test_cpu_dry_run_writes_nothing(benchmark, ou_root, full_demo, tmp_path) -> None:
+    before = sorted(p for p in full_demo.rglob("*"))
+    buf = io.StringIO()
+    argv = ["--ou-root", str(ou_root), "--profile", "cpu", "--demo-workdir", str(full_demo), "--dry-run"]
+    assert rp.main(benchmark, argv, out=buf) == 0
+    text = buf.getvalue()
+    assert sorted(p for p in full_demo.rglob("*")) == before  # no data, no output folder
+    written = [line.split(" ", 2)[2] for line in text.splitlines() if line.startswith("# writes ")]
+    assert written and all(Path(p).is_relative_to(full_demo) and not Path(p).exists() for p in written)
+    n_runs = len(rp.METHODS[benchmark]) - 1 + len(rp.UNDO_TEACHERS[benchmark])
+    extra = 2  # the retain-only model's eval and robustness
+    assert sum(line.startswith("cd ") for line in text.splitlines()) == len(rp.SPLITS[benchmark]) * (
+        3 * n_runs + 2 + extra
+    )
+    if benchmark == "wmdp":
+        assert "wmdp_cyber" not in text and "mmlu" not in text  # OU's Hub tasks are never named
+
+
+def test_cpu_grid_runs_write_the_stand_ins_before_the_first_command(ou_root, full_demo, tmp_path) -> None:
+    g = cpu_grid("wmdp", ou_root, full_demo, tmp_path, splits=["bio"], methods=["RMU"], stages=("train",))
+    (step,) = g.steps
+    seen = tmp_path / "seen.txt"
+    corpus = full_demo / "data" / "wmdp" / "wmdp-corpora" / "bio-forget-corpus.jsonl"
+    probe = f"import pathlib; pathlib.Path({str(seen)!r}).write_text(pathlib.Path({str(corpus)!r}).read_text())"
+    g.steps = [rp.Step(step.kind, step.run, (sys.executable, "-c", probe), step.cwd, step.run_dir, {}, ())]
+    rp.run_grid(g, out=io.StringIO())
+    assert seen.read_text() == g.files[corpus]
+    # bio: one passage per author (WMDP bio's papers), cyber: one line per fact.
+    assert len(g.files[corpus].splitlines()) == len(rp.load_demo_context(full_demo).forget_authors["forget05"])
