@@ -1,6 +1,6 @@
 """Does a LoRA student recover UNDO's noised copy? Full fine-tuning against LoRA on the demo-sized tiny Llama.
 
-    OU_ROOT=/work/ou python scripts/bench_undo_lora.py --threads 1
+    OU_ROOT=/path/to/open-unlearning python scripts/bench_undo_lora.py --threads 1
 
 (``--ou-root PATH`` instead of ``OU_ROOT``). Prints figures, asserts nothing. About 6 minutes on 2 CPU cores shared
 with other jobs, with ``--threads 1``: on oversubscribed cores two torch threads were several times slower than one
