@@ -156,7 +156,8 @@ def test_bidistill_under_zero3_matches_one_process(ou_root, workspace, tmp_path)
     diff = _max_diff(single, _weights(runs["zero3"]))
     assert diff < 1e-5, f"zero3: max |w - w_single| = {diff:g} (training moved weights by {moved:g})"
     log = (runs["zero3"] / "train.log").read_text()
-    assert "bidistill/forget_push_loss" in log or "forget_push" in log
+    assert "'bidistill/forget_push'" in log and "'bidistill/forget_pull'" in log  # both terms trained
+    assert "'bidistill/retain_pull'" not in log  # the streams weighted 0 are skipped
 
 
 def _logged(folder: Path, key: str) -> list[float]:

@@ -27,8 +27,6 @@ from duet_plugin.core.lora import (
     ZERO3_REFUSAL,
     AdaptersDisabled,
     LoRAConfig,
-    is_peft_model,
-    save_trainer_output,
     wrap,
     zero3_requested,
 )
@@ -36,6 +34,7 @@ from duet_plugin.core.losses import validate_top_k
 from duet_plugin.core.teacher import PrefixSpec, derive_concepts
 from duet_plugin.openunlearning.collators import DUETCollator
 from duet_plugin.openunlearning.datasets import stream_datasets, unified_train_dataset
+from duet_plugin.openunlearning.trainers.lora_saving import LoRASaving
 from duet_plugin.openunlearning.trainers.teachers import ensemble, load_teachers, prepare_frozen
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def reject_unknown_options(
         )
 
 
-class DUET(UnlearnTrainer):
+class DUET(LoRASaving, UnlearnTrainer):
     """``trainer=DUET``: see ``configs/trainer/DUET.yaml`` for every option."""
 
     log_prefix = "duet"
@@ -251,15 +250,6 @@ class DUET(UnlearnTrainer):
         if self.duet.teacher == "precomputed" and self.targets is None and not self.zero3:
             self.targets = self.precompute_targets()
         return super().train(*args, **kwargs)
-
-    # -- saving --------------------------------------------------------------------------------------------
-    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-        """With LoRA: a plain merged checkpoint (what OU's eval.py loads) plus the adapter in ``adapter/``; the
-        trained model keeps its adapters unmerged. Else HF's own saving."""
-        if not is_peft_model(self.model):
-            return super()._save(output_dir, state_dict=state_dict)
-        save_trainer_output(self.model, output_dir or self.args.output_dir, self.args, self._tokenizer)
-        return None
 
     # -- loss ----------------------------------------------------------------------------------------------
     def compute_loss(

@@ -29,8 +29,6 @@ from duet_plugin.core.lora import (
     LORA_KEY,
     ZERO3_REFUSAL,
     LoRAConfig,
-    is_peft_model,
-    save_trainer_output,
     target_module_names,
     wrap,
     zero3_requested,
@@ -38,6 +36,7 @@ from duet_plugin.core.lora import (
 from duet_plugin.core.noise import shrink_and_perturb
 from duet_plugin.core.undo import UNDOConfig, distill_mask, label_nll, recovered, recovery_gap, undo_loss
 from duet_plugin.openunlearning.trainers.duet import reject_unknown_options
+from duet_plugin.openunlearning.trainers.lora_saving import LoRASaving
 from duet_plugin.openunlearning.trainers.teachers import ensemble, load_teachers, prepare_frozen
 
 logger = logging.getLogger(__name__)
@@ -139,7 +138,7 @@ class RetainRecoveryCallback(TrainerCallback):
         return control
 
 
-class UNDO(UnlearnTrainer):
+class UNDO(LoRASaving, UnlearnTrainer):
     """``trainer=UNDO``: see ``configs/trainer/UNDO.yaml`` for every option."""
 
     def __init__(self, teacher: Any = None, lora: Any = None, *args: Any, **kwargs: Any) -> None:
@@ -226,15 +225,6 @@ class UNDO(UnlearnTrainer):
                 f"student_init=teacher: the teacher at {path} does not fit model=... ({err}). Point model at the "
                 "teacher's base model, or set trainer.method_args.student_init=model to start from model=... instead."
             ) from None
-
-    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-        """With LoRA: a plain merged checkpoint (what OU's eval.py loads) plus the adapter in ``adapter/``; the
-        trained model keeps its adapters unmerged. Else HF's own saving."""
-        if not is_peft_model(self.model):
-            return super()._save(output_dir, state_dict=state_dict)
-        tokenizer = getattr(self, "processing_class", None) or getattr(self, "tokenizer", None)
-        save_trainer_output(self.model, output_dir or self.args.output_dir, self.args, tokenizer)
-        return None
 
     def compute_loss(
         self,
