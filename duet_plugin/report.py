@@ -24,13 +24,15 @@ from typing import Any
 
 import yaml
 
+from duet_plugin.core.attacks.quantization import BNB_SCHEMES
+
 SUMMARY_SUFFIX = "_SUMMARY.json"
 #: Evaluator name (the file prefix) -> benchmark, in the order a run's benchmark is decided.
 EVALUATOR_BENCHMARKS = {"TOFU": "tofu", "MUSE": "muse", "LMEval": "lm_eval"}
 #: The attack metrics of eval/{tofu,muse}/robustness (OU metrics whose EVAL entry has value_by_attack).
 ATTACK_METRICS = ("relearn_attack", "prompt_attack", "prefill_attack", "quantization_attack")
-#: lm-eval attack variants by name prefix (see duet_plugin.core.attacks.lm_eval_plan).
-LM_EVAL_ATTACKS = {"relearn": "relearn_lr", "quantization": "int"}
+#: lm-eval attack variants by name prefix(es) (see duet_plugin.core.attacks.lm_eval_plan: int<bits>, nf4, fp4).
+LM_EVAL_ATTACKS = {"relearn": ("relearn_lr",), "quantization": ("int", *BNB_SCHEMES)}
 WORST = "worst"
 #: The forget metric each attack re-measures first when its EVAL details are absent.
 DEFAULT_FORGET_KEY = {"tofu": "forget_Q_A_ROUGE", "muse": "forget_knowmem_ROUGE"}

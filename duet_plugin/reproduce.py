@@ -50,6 +50,7 @@ from duet_plugin.demo.benchmark_layouts import (
     WMDP_CORPORA,
     demo_muse_files,
     demo_wmdp_files,
+    write_files,
 )
 from duet_plugin.demo.demo_data import REFUSAL
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
@@ -100,10 +101,6 @@ class Method:
     trainer: str | None = None
     source: str = ""
     lora: bool = False
-
-    @property
-    def ours(self) -> bool:
-        return self.name in OURS
 
 
 def _ou(name: str, bench: str, source: str, trainer: str | None = None, experiment: str = "default") -> Method:
@@ -800,10 +797,7 @@ class StepFailed(RuntimeError):
 def run_grid(grid: Grid, rerun: bool = False, out: IO[str] | None = None) -> None:
     """Run the steps in order; a step whose marker holds the same command is skipped unless ``rerun``."""
     out = out or sys.stdout
-    for path, text in grid.files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
+    write_files(grid.files)
     total, t0 = len(grid.steps), time.time()
     for i, step in enumerate(grid.steps, 1):
         command = step.shell()

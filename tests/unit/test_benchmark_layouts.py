@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import yaml
 
 from duet_plugin.demo import benchmark_layouts as bl
 
@@ -48,7 +49,6 @@ def test_mcq_rows_put_the_true_answer_at_the_index() -> None:
 
 
 def test_mcq_task_is_an_lm_eval_multiple_choice_task(tmp_path: Path) -> None:
-    yaml = pytest.importorskip("yaml")
     files = bl.mcq_task_files(tmp_path, "demo_x", [{"question": "q", "choices": ["a", "b"], "answer": 1}], "a stand-in")
     config = yaml.safe_load(files[tmp_path / "demo_x.yaml"])
     assert config["task"] == "demo_x" and config["output_type"] == "multiple_choice"

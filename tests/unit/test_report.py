@@ -378,3 +378,13 @@ def test_robustness_bars_read_a_named_forget_task(tmp_path) -> None:
     assert all(worst is None for _, _, worst in rpt.robustness_bars(run).values())  # no wmdp* task: nothing found
     named = rpt.robustness_bars(run, "demo_forget_mcq/acc")
     assert named == {"relearn": ("demo_forget_mcq/acc", 0.9, 0.95), "quantization": ("demo_forget_mcq/acc", 0.9, 1.0)}
+
+
+def test_lm_eval_quantization_worst_case_includes_bitsandbytes_variants(tmp_path) -> None:
+    """nf4/fp4 variants (lm_eval_plan names them without an int prefix) count for the quantization worst case."""
+    run_dir = tmp_path / "wmdp_z_cyber_DUET"
+    lm = {"wmdp_cyber/acc": 0.3, "int8/wmdp_cyber/acc": 0.31, "nf4/wmdp_cyber/acc": 0.6, "fp4/wmdp_cyber/acc": 0.4}
+    (run_dir / "evals").mkdir(parents=True)
+    (run_dir / "evals" / "LMEval_SUMMARY.json").write_text(json.dumps(lm))
+    bars = rpt.robustness_bars(rpt.load_run("DUET", run_dir))
+    assert bars["quantization"] == ("wmdp_cyber/acc", 0.3, 0.6)
