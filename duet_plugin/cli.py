@@ -1,5 +1,6 @@
-"""The ``duet-plugin`` command: ``train`` / ``eval`` (OU's scripts with the plugin), ``doctor``, ``demo``,
-``convert`` (any data source -> unified-record JSONL), ``report`` (runs -> table and plots)."""
+"""The ``duet-plugin`` command: ``setup-ou`` (OpenUnlearning at the tested commit), ``train`` / ``eval`` (OU's
+scripts with the plugin), ``doctor``, ``demo``, ``convert`` (any data source -> unified-record JSONL), ``report``
+(runs -> table and plots)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from duet_plugin.core.unified import STREAMS
+from duet_plugin.openunlearning.setup_ou import OU_URL, SHORT
 
 CONVERT_FORMATS = ("tofu", "qa", "mcq", "muse", "wmdp", "unified")
+_OU_ROOT_HELP = "OpenUnlearning checkout (default: $OU_ROOT, the current directory, then the one setup-ou recorded)"
+_SETUP_HELP = f"""Put OpenUnlearning at commit {SHORT} (the commit duet-plugin is tested with) in a folder, check it
+with doctor, and record the folder: demo, train, eval and doctor then find it without --ou-root (--ou-root and
+OU_ROOT still win).
+
+--from takes a git URL, a local clone or bare mirror (offline machines), or an exported copy of the commit's files
+(e.g. what `git archive {SHORT}` writes; it is checked file by file against the commit). An existing --dir is
+reused only when it already holds commit {SHORT}; nothing of yours is overwritten."""
 _CONVERT_HELP = """Write unified-record JSONL from a data source.
 
 formats: tofu (TOFU QA: question/answer rows), qa (plain QA JSON/JSONL), mcq (question, choices, answer index;
@@ -31,15 +41,36 @@ its progress in OUT.progress, so rerunning the same command without --overwrite 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duet-plugin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    setup = sub.add_parser(
+        "setup-ou",
+        help=f"fetch OpenUnlearning at commit {SHORT} and record it, so other commands need no --ou-root",
+        description=_SETUP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    setup.add_argument("--dir", type=Path, help="where to put it (default: a cache folder, printed)")
+    setup.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL_OR_PATH",
+        help=f"a git URL, a local clone or mirror, or an exported copy of OU (default: {OU_URL})",
+    )
     for name, what in (("train", "src/train.py"), ("eval", "src/eval.py")):
         p = sub.add_parser(name, help=f"run OU's {what} with the plugin registered; other arguments go to Hydra")
-        p.add_argument("--ou-root", help="OpenUnlearning checkout (default: $OU_ROOT, then the current directory)")
+        p.add_argument("--ou-root", help=_OU_ROOT_HELP)
     doctor = sub.add_parser("doctor", help="check the OU + plugin setup and say how to fix what is wrong")
-    doctor.add_argument("--ou-root", help="OpenUnlearning checkout (default: $OU_ROOT, then the current directory)")
+    doctor.add_argument("--ou-root", help=_OU_ROOT_HELP)
     demo = sub.add_parser("demo", help="fictitious authors -> OU finetune -> DUET vs GradDiff -> OU TOFU eval table")
-    demo.add_argument("--ou-root", help="OpenUnlearning checkout (default: $OU_ROOT, then the current directory)")
+    demo.add_argument("--ou-root", help=_OU_ROOT_HELP + "; when none is found, setup-ou runs first")
     demo.add_argument("--workdir", default="duet_demo", help="folder for data, models, logs (default: ./duet_demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --workdir")
+    length = demo.add_mutually_exclusive_group()
+    length.add_argument(
+        "--quick", action="store_const", dest="profile", const="quick", help="a shorter fine-tune (a smoke run)"
+    )
+    length.add_argument(
+        "--full", action="store_const", dest="profile", const="full", help="the longer schedule of earlier releases"
+    )
+    demo.set_defaults(profile="default")
     _add_convert(sub)
     _add_report(sub)
     return parser
@@ -232,12 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = _parser().parse_known_args(argv)
     if args.command in ("train", "eval"):
-        from duet_plugin.openunlearning.launcher import OURootNotFound, run
+        from duet_plugin.openunlearning.launcher import LaunchError, OURootNotFound, run
 
         try:
             run(args.command, rest, ou_root=args.ou_root)
-        except OURootNotFound as err:
-            print(f"duet-plugin: {err}", file=sys.stderr)
+        except (OURootNotFound, LaunchError) as err:
+            print(f"duet-plugin {args.command}: {err}", file=sys.stderr)
             return 2
         return 0
     if rest:
@@ -252,17 +283,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _convert(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "setup-ou":
+        return _setup_ou(args)
     if args.command == "demo":
-        from duet_plugin.demo.pipeline import Demo, DemoStepFailed
-        from duet_plugin.openunlearning.launcher import OURootNotFound
-
-        try:
-            Demo(args.workdir, ou_root=args.ou_root, overwrite=args.overwrite).run()
-        except (OURootNotFound, FileExistsError, DemoStepFailed) as err:
-            print(f"duet-plugin demo: {err}", file=sys.stderr)
-            return 1
-        return 0
+        return _demo(args)
     return 2
+
+
+def _setup_ou(args: argparse.Namespace) -> int:
+    from duet_plugin.openunlearning.doctor import diagnose, report
+    from duet_plugin.openunlearning.setup_ou import SetupError, setup_ou
+
+    try:
+        root = setup_ou(args.dir, args.source)
+    except SetupError as err:
+        print(f"duet-plugin setup-ou: {err}", file=sys.stderr)
+        return 2
+    checks = diagnose(str(root))
+    print(report(checks))
+    if any(c.status == "fail" for c in checks):
+        print(f"OpenUnlearning is in {root}; fix the failures above before running it.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import os
+
+    from duet_plugin.demo.pipeline import Demo, DemoSettings, DemoStepFailed
+    from duet_plugin.openunlearning.launcher import OURootNotFound, find_ou_root
+    from duet_plugin.openunlearning.setup_ou import SetupError, default_dir, setup_ou
+
+    try:
+        try:
+            root = find_ou_root(args.ou_root)
+        except OURootNotFound:
+            if args.ou_root or os.environ.get("OU_ROOT"):
+                raise  # a wrong explicit choice is reported, not replaced
+            print(f"No OpenUnlearning checkout found: setting one up in {default_dir()} (duet-plugin setup-ou)")
+            root = setup_ou()
+        Demo(
+            args.workdir, ou_root=root, settings=DemoSettings.profile_settings(args.profile), overwrite=args.overwrite
+        ).run()
+    except (OURootNotFound, SetupError, FileExistsError, DemoStepFailed) as err:
+        print(f"duet-plugin demo: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

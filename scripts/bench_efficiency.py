@@ -1,5 +1,5 @@
 """Efficiency of DUET, BiDistill and UNDO against OU's baselines: step time and peak memory on the same model and the
-same forget+retain example pairs (the unit OU's unlearning trainers consume; design.md §4). Prints markdown tables.
+same forget+retain example pairs (the unit OU's unlearning trainers consume). Prints markdown tables.
 
 Needs an OpenUnlearning checkout (``--ou-root`` or ``$OU_ROOT``). Builds the demo's fictitious-author TOFU data
 (forget10 / retain90) and a random Llama of the demo's size (step time does not depend on the weights), constructs
@@ -728,7 +728,7 @@ def main() -> None:
     print("\n### One-off target precomputation (not in step time)\n")
     print(precompute_table(main_entries))
     if all(label in {e.method.label for e in main_entries} for label in ("DUET precomputed", "DUET online")):
-        print("\n### Targets (design.md §4)\n")
+        print("\n### Targets\n")
         print(targets_table(main_entries))
     if scaling:
         print(f"\n### Scaling ({args.repeats} repeats x {scaling_steps} steps each)\n")

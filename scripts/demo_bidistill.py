@@ -144,7 +144,7 @@ def main() -> None:
         "fine-tuned": w / "saves" / "finetune" / "demo_full",
         "DUET": w / "saves" / "unlearn" / "demo_duet",
     }
-    demo._n_jobs = 2 * len(args.variants) + len(models) + 1
+    demo.n_jobs = 2 * len(args.variants) + len(models) + 1
     with ThreadPoolExecutor(max_workers=2) as pool:
         trained = {label: pool.submit(bidistill, demo, label, VARIANTS[label], prefix) for label in args.variants}
         jobs = {label: pool.submit(evaluate, demo, label, m) for label, m in models.items()}

@@ -99,7 +99,7 @@ def main() -> None:
         "DUET": w / "saves" / "unlearn" / "demo_duet",
     }
     need_npo = not (w / "saves" / "unlearn" / "demo_npo").is_dir()
-    demo._n_jobs = len(models) + 3 + need_npo
+    demo.n_jobs = len(models) + 3 + need_npo
     with ThreadPoolExecutor(max_workers=2) as pool:
         original = pool.submit(robustness_eval, demo, "fine-tuned", finetuned, None, args)
         npo = pool.submit(demo.unlearn, "npo", finetuned) if need_npo else None

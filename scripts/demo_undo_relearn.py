@@ -117,7 +117,7 @@ def main() -> None:
         "DUET": models["DUET"] / "evals" / "TOFU_EVAL.json",
     }
     labels = {"graddiff": "GradDiff", "duet": "DUET"}
-    demo._n_jobs = 2 * len(args.alphas) * 2 + (2 * len(args.alphas) + 4) * 2
+    demo.n_jobs = 2 * len(args.alphas) * 2 + (2 * len(args.alphas) + 4) * 2
     with ThreadPoolExecutor(max_workers=2) as pool:
         undos = {
             f"{labels[t]} + UNDO a={a:g}": pool.submit(undo, demo, t, a, args.beta, args)

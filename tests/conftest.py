@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny tokenizer and Llama built in-process (no downloads)."""
+"""Shared fixtures: a tiny tokenizer and Llama built in-process (no downloads); every test runs with its own
+duet-plugin config file, so no test reads or writes the user's recorded OpenUnlearning checkout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import torch
 
 from duet_plugin.demo.fictitious_authors import build_dataset
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _private_plugin_config(tmp_path_factory, monkeypatch) -> None:
+    config = tmp_path_factory.mktemp("duet-plugin-config") / "config.json"
+    monkeypatch.setenv("DUET_PLUGIN_CONFIG", str(config))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(config.parent / "cache"))
 
 
 @pytest.fixture(scope="session")

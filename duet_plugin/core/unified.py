@@ -1,4 +1,4 @@
-"""The unified data representation: one record type for every source (design.md §3.4).
+"""The unified data representation: one record type for every source.
 
 A record is ``{prompt, response?, prefill?, stream, source, concept?}``. This module holds the record type and
 the JSON/JSONL readers and writers; :mod:`duet_plugin.core.converters` turns source files (TOFU QA, plain QA,

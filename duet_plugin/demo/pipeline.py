@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +29,7 @@ from typing import IO, Any
 from duet_plugin.core.attacks.refusal import is_refusal
 from duet_plugin.demo.demo_data import REFUSAL, DemoData, build_demo_data
 from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
+from duet_plugin.demo.progress import JobProgress
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer, save_model
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
 from duet_plugin.openunlearning.launcher import find_ou_root
@@ -41,7 +42,22 @@ SPLITS = {
 }
 #: OU baselines the demo scripts can run (``Demo.unlearn``), by lower-case name.
 OU_TRAINERS = {"graddiff": "GradDiff", "npo": "NPO", "gradascent": "GradAscent", "simnpo": "SimNPO"}
-_PROGRESS = re.compile(r"(\d+)%\|[^|]*\|\s*(\d+)/(\d+)")
+#: The demo's model labels (table rows, plot points).
+FINETUNED, TEACHER, DUET = "fine-tuned (no prefix)", "teacher: fine-tuned + prefix", "DUET student (no prefix)"
+GRADDIFF, RETAIN = "GradDiff", "retain-only reference"
+HOW_TO_READ = """How to read the columns (OU's TOFU metrics; retain and utility measure what must stay):
+- forget Prob: the probability of the true forget answer under teacher forcing; lower = less likely to say it.
+  A value near the fine-tuned model's means the answer is suppressed in generation, not erased from the weights.
+- forget ROUGE: overlap of the generated answer with the true one; lower = less is said.
+- forget refusals: share of forget answers that are the refusal; higher = refuses instead of answering.
+- forget_quality: OU's KS-test p-value against the retain-only model; higher = closer to never having seen the
+  forget set (with 10 forget questions it barely separates models).
+- retain Prob / retain ROUGE / model_utility: knowledge that must stay; higher = better."""
+PROFILES = ("quick", "default", "full")
+QUICK_NOTE = (
+    "This was --quick: a check that every stage runs. Its fine-tune is too short for the model to learn the facts, "
+    "so these numbers mean nothing; run the demo without --quick for results."
+)
 
 
 class DemoStepFailed(RuntimeError):
@@ -50,7 +66,7 @@ class DemoStepFailed(RuntimeError):
 
 @dataclass
 class DemoSettings:
-    """Sizes and schedules of the demo (defaults: about 10 minutes on 2 CPU cores)."""
+    """Sizes and schedules of the demo; :meth:`profile_settings` gives the ``--quick`` / ``--full`` variants."""
 
     n_authors: int = 40
     qa_per_author: int = 5
@@ -65,6 +81,9 @@ class DemoSettings:
     finetune_steps: int = 1200
     finetune_lr: float = 3e-3
     finetune_batch_size: int = 32
+    #: Steps of the retain-only reference; None: as many epochs over its facts as the full fine-tune's.
+    retain_finetune_steps: int | None = None
+    profile: str = "custom"
     unlearn_epochs: int = 10
     unlearn_lr: float = 1e-3
     unlearn_batch_size: int = 8
@@ -75,12 +94,45 @@ class DemoSettings:
         if self.forget_split not in SPLITS:
             raise ValueError(f"forget_split must be one of {sorted(SPLITS)}, got {self.forget_split!r}.")
 
+    @classmethod
+    def profile_settings(cls, profile: str = "default") -> DemoSettings:
+        """``default``: the demo's fine-tune, 600 steps at lr 8e-3; ``quick``: 150 steps, a check that every stage
+        runs, too short for the model to learn the facts (its numbers mean nothing); ``full``: the schedule of earlier
+        releases, 1,200 steps at lr 3e-3. docs/demo.md has what each gives."""
+        if profile == "full":
+            return cls(profile=profile)
+        if profile == "default":
+            return cls(finetune_steps=600, finetune_lr=8e-3, retain_finetune_steps=300, profile=profile)
+        if profile == "quick":
+            return cls(finetune_steps=150, finetune_lr=1e-2, retain_finetune_steps=50, profile=profile)
+        raise ValueError(f"Unknown demo profile {profile!r}; use one of {', '.join(PROFILES)}.")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _pump(stream: IO[bytes], log: IO[str], job: JobProgress) -> None:
+    """Copy a job's output to its log and feed its progress as it comes: ``os.read`` returns what the pipe holds
+    (a buffered ``read(n)`` would wait for ``n`` bytes, and a quiet job's log would stay empty)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while raw := os.read(stream.fileno(), 65536):
+        text = decoder.decode(raw)
+        log.write(text)
+        job.feed(text)
+    log.write(decoder.decode(b"", final=True))
+
 
 @dataclass
 class ModelRow:
     label: str
     summary: dict[str, Any]
     details: dict[str, Any]
+    folder: Path  # where OU wrote the evaluation (TOFU_SUMMARY.json, TOFU_EVAL.json)
 
 
 class Demo:
@@ -94,6 +146,7 @@ class Demo:
         overwrite: bool = False,
         out: IO[str] = sys.stdout,
         existing: bool = False,
+        threads: int | None = None,
     ) -> None:
         self.ou_root = find_ou_root(ou_root)
         self.workdir = Path(workdir).resolve()
@@ -109,10 +162,13 @@ class Demo:
         self.logs = self.workdir / "logs"
         self.logs.mkdir(exist_ok=existing)
         self.retain_split, self.holdout_split = SPLITS[self.settings.forget_split]
+        self.threads = threads or available_cores()
+        self.progress_interval = 10.0  # seconds between two progress lines of a running OU job
+        self.n_jobs = 9  # OU runs the whole demo makes (shown as "[3/9 OU runs]"); 0: not counted
+        self._metric_counts: dict[str, int] = {}  # "Evaluating" lines of a finished evaluation, for the next ETA
         self._lock = threading.Lock()
-        self._t0 = time.time()
+        self._t0 = time.monotonic()
         self._done = itertools.count(1)
-        self._n_jobs = 9
 
     # -- workspace ---------------------------------------------------------------------------------------------
     def _prepare_workdir(self, overwrite: bool) -> None:
@@ -136,7 +192,8 @@ class Demo:
 
     # -- running OU --------------------------------------------------------------------------------------------
     def ou(self, name: str, script: str, args: list[str], cwd: Path | None = None, threads: int = 1) -> None:
-        """Run OU's ``src/<script>.py`` with ``args`` on ``threads`` CPU threads; show its progress; keep its log."""
+        """Run OU's ``src/<script>.py`` with ``args`` on ``threads`` CPU threads, showing its progress every
+        ``progress_interval`` seconds; its whole output goes to ``logs/<name>.log`` as it comes."""
         log_path = self.logs / f"{name}.log"
         cmd = [sys.executable, str(self.ou_root / "src" / f"{script}.py"), *args]
         env = {
@@ -146,106 +203,147 @@ class Demo:
             "TOKENIZERS_PARALLELISM": "false",
             "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1",
             # One datasets cache per data folder: the teacher view reuses the plain view's config names.
             "HF_DATASETS_CACHE": str((cwd or self.workdir) / ".hf_datasets_cache"),
         }
-        self.say(f"      {name}: started (t={time.time() - self._t0:.0f}s)")
-        start = time.time()
-        with log_path.open("w") as log:
+        job = JobProgress(name, steps=script == "train", metrics_total=self._metric_counts.get(script))
+        self.say(f"      {name}: started on {threads} thread{'s' * (threads > 1)} (t={self.elapsed():.0f}s)")
+        with log_path.open("w", buffering=1) as log:  # line-buffered: `tail -f` shows the run as it goes
             log.write(" ".join(cmd) + "\n\n")
             proc = subprocess.Popen(
-                cmd,
-                cwd=cwd or self.workdir,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                bufsize=1,
+                cmd, cwd=cwd or self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
             assert proc.stdout is not None
-            buffer, shown = "", 0
-            while chunk := proc.stdout.read(256):
-                log.write(chunk)
-                buffer = (buffer + chunk)[-400:]
-                matches = _PROGRESS.findall(buffer)
-                if not matches:
-                    continue
-                percent, done, total = (int(x) for x in matches[-1])
-                if percent >= shown + 25:  # a line per quarter of each progress bar
-                    shown = percent - percent % 25
-                    self.say(f"      {name}: {done}/{total} ({time.time() - start:.0f}s)")
+            reader = threading.Thread(target=_pump, args=(proc.stdout, log, job), daemon=True)
+            reader.start()
+            shown = time.monotonic()
+            while reader.is_alive():
+                reader.join(timeout=0.5)
+                if reader.is_alive() and time.monotonic() - shown >= self.progress_interval:
+                    shown = time.monotonic()
+                    self.say(f"      {job.line(shown)}")
             rc = proc.wait()
         if rc != 0:
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
             raise DemoStepFailed(f"{name} failed (exit {rc}); full log: {log_path}\n{tail}")
+        if script == "eval" and job.metrics_done:
+            self._metric_counts[script] = max(job.metrics_done, self._metric_counts.get(script, 0))
         n_done = next(self._done)
+        of = f"/{self.n_jobs}" if self.n_jobs else ""
         self.say(
-            f"      {name}: done in {time.time() - start:.0f}s [{n_done}/{self._n_jobs} OU runs] "
-            f"(t={time.time() - self._t0:.0f}s)"
+            f"      {name}: done in {time.monotonic() - job.started:.0f}s [{n_done}{of} OU runs] "
+            f"(t={self.elapsed():.0f}s)"
         )
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
 
     # -- the pipeline ------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        """Run every step (two OU commands at a time, in dependency order) and write the table."""
+        """Run every step and write the table, the plot and the report.
+
+        The fine-tune of every fact is by far the longest job: it runs alone on all cores. The other jobs then run
+        two at a time, each on half the cores. Two jobs never share a core: PyTorch's threads spin while they wait,
+        so oversubscribed cores slow every job several times over (measured: 1.5 against 4.6 steps/s).
+        """
         s = self.settings
-        self.say("Writing the fictitious-author dataset, the demo fine-tuning sets and a tiny Llama")
+        self.say(f"Writing the fictitious-author dataset, the demo fine-tuning sets and a tiny Llama ({s.profile})")
         data = self.build_data()
         init = self.workdir / "models" / "init"
         self.say(f"      forget split {s.forget_split}: {', '.join(data.forget_authors)}")
         self.say(f"      teacher prefix: {data.prefix}")
         evals = self.workdir / "saves" / "eval"
-        self.say(f"Running {self._n_jobs} OU commands (fine-tune x2, unlearn x2, TOFU eval x5), two at a time")
+        configs = data.dataset.configs
+        # By default the retain-only reference sees its facts as often as the full model sees all facts; it needs no
+        # instruction rows, so it is much shorter.
+        retain_steps = s.retain_finetune_steps or max(
+            1, round(s.finetune_steps * len(configs["demo_retain"]) / len(configs["demo_full"]))
+        )
+        half = max(1, self.threads // 2)
+        self.say(
+            f"[1/3] Fine-tuning the tiny Llama on every fact and the instruction rows with OU's finetune "
+            f"({s.finetune_steps} steps, {self.threads} threads)"
+        )
+        full = self.finetune("demo_full", init, s.finetune_steps, self.threads)
+        self.say(
+            f"[2/3] Retain-only reference, DUET and GradDiff unlearning, OU's TOFU evaluation of five models "
+            f"(two OU runs at a time, {half} thread{'s' * (half > 1)} each)"
+        )
         with ThreadPoolExecutor(max_workers=2) as pool:
             # Submitted in dependency order: a job only waits for jobs submitted before it, so two workers suffice.
-            # The retain-only reference sees its facts as often as the full model sees all facts (same epochs over
-            # facts); it needs no instruction rows, so it is much shorter, and the full model gets two threads.
-            configs = data.dataset.configs
-            retain_steps = max(1, round(s.finetune_steps * len(configs["demo_retain"]) / len(configs["demo_full"])))
-            full = pool.submit(self.finetune, "demo_full", init, s.finetune_steps, 2)
-            retain = pool.submit(self.finetune, "demo_retain", init, retain_steps)
+            retain = pool.submit(self.finetune, "demo_retain", init, retain_steps, half)
+            duet = pool.submit(self.unlearn, "duet", full, data, half)
+            graddiff = pool.submit(self.unlearn, "graddiff", full, None, half)
             retain_logs = pool.submit(
-                lambda: self.evaluate("eval_retain", retain.result(), evals / "demo_retain", None)
+                lambda: self.evaluate("eval_retain", retain.result(), evals / "demo_retain", None, threads=half)
             )
-            duet = pool.submit(lambda: self.unlearn("duet", full.result(), data))
-            full_eval = pool.submit(
-                lambda: self.evaluate("eval_full", full.result(), evals / "demo_full", retain_logs.result())
-            )
-            teacher_eval = pool.submit(
-                lambda: self.evaluate(
-                    "eval_teacher",
-                    full.result(),
-                    evals / "demo_teacher",
-                    retain_logs.result(),
-                    cwd=self.workdir / "teacher_view",
-                )
-            )
-            graddiff = pool.submit(lambda: self.unlearn("graddiff", full.result(), data))
-            duet_eval = pool.submit(
-                lambda: self.evaluate("eval_duet", duet.result(), duet.result() / "evals", retain_logs.result())
-            )
-            graddiff_eval = pool.submit(
-                lambda: self.evaluate(
-                    "eval_graddiff", graddiff.result(), graddiff.result() / "evals", retain_logs.result()
-                )
-            )
+
+            def evaluate(name: str, model: Any, out: Path | None = None, cwd: Path | None = None) -> Any:
+                def job() -> Path:
+                    path = model.result() if hasattr(model, "result") else model
+                    return self.evaluate(name, path, out or path / "evals", retain_logs.result(), cwd, threads=half)
+
+                return pool.submit(job)
+
             results = [
-                ("fine-tuned (no prefix)", full_eval),
-                ("teacher: fine-tuned + prefix", teacher_eval),
-                ("DUET student (no prefix)", duet_eval),
-                ("GradDiff", graddiff_eval),
-                ("retain-only reference", retain_logs),
+                (FINETUNED, evaluate("eval_full", full, evals / "demo_full")),
+                (TEACHER, evaluate("eval_teacher", full, evals / "demo_teacher", self.workdir / "teacher_view")),
+                (DUET, evaluate("eval_duet", duet)),
+                (GRADDIFF, evaluate("eval_graddiff", graddiff)),
+                (RETAIN, retain_logs),
             ]
             rows = [self.row(label, future.result()) for label, future in results]
+        self.say("[3/3] Writing the table and the forget-vs-utility plot")
+        return self.write_results(rows, data.prefix)
+
+    def write_results(self, rows: list[ModelRow], prefix: str) -> Path:
+        """Print and write the table (with how to read it) and the Pareto plot through ``duet-plugin report``."""
+        s = self.settings
         table = render_table(rows, s.forget_split)
-        wall = time.time() - self._t0
+        written = [self.workdir / "demo_results.md"]
+        plot_note = ""
+        try:
+            written += self.plot(rows)
+        except ImportError:
+            plot_note = 'The plot needs matplotlib: pip install "duet-plugin[report]".'
+        wall = self.elapsed()
+        text = "\n\n".join(
+            part
+            for part in (
+                f"# duet-plugin demo ({s.profile})",
+                f"Teacher prefix: {prefix}",
+                table,
+                headline(rows),
+                QUICK_NOTE if s.profile == "quick" else "",
+                HOW_TO_READ,
+                f"Total wall time: {wall:.0f}s on {self.threads} threads.",
+            )
+            if part
+        )
+        written[0].write_text(text + "\n")
         self.say("")
         self.say(table)
-        path = self.workdir / "demo_results.md"
-        path.write_text(
-            f"# duet-plugin demo results\n\nTeacher prefix: {data.prefix}\n\n{table}\n\nTotal wall time: {wall:.0f}s\n"
-        )
-        self.say(f"\nTotal wall time: {wall:.0f}s. Table written to {path}")
-        return path
+        self.say("")
+        self.say(headline(rows))
+        if s.profile == "quick":
+            self.say(QUICK_NOTE)
+        self.say(HOW_TO_READ)
+        if plot_note:
+            self.say(plot_note)
+        self.say(f"\nTotal wall time: {wall:.0f}s. Written:")
+        for path in written:
+            self.say(f"  {path}")
+        return written[0]
+
+    def plot(self, rows: list[ModelRow]) -> list[Path]:
+        """forget ROUGE against model utility for every model (``duet-plugin report``'s Pareto plot)."""
+        from duet_plugin import report
+
+        runs = [report.load_run(row.label, row.folder) for row in rows]
+        path = self.workdir / "pareto.png"
+        report.plot_pareto(runs, path)
+        return [path]
 
     def build_data(self) -> DemoData:
         s = self.settings
@@ -308,6 +406,7 @@ class Demo:
         cwd: Path | None = None,
         experiment: str = "eval/tofu/default",
         extra: Sequence[str] = (),
+        threads: int = 1,
     ) -> Path:
         n = self.settings.eval_max_new_tokens
         rouge = ["eval.tofu.metrics.forget_Q_A_ROUGE"] + [
@@ -325,10 +424,10 @@ class Demo:
         ]
         if retain_logs is not None:
             args.append(f"retain_logs_path={retain_logs}")
-        self.ou(name, "eval", args, cwd=cwd)
+        self.ou(name, "eval", args, cwd=cwd, threads=threads)
         return output_dir / "TOFU_EVAL.json"
 
-    def unlearn(self, method: str, model: Path, data: DemoData | None = None) -> Path:
+    def unlearn(self, method: str, model: Path, data: DemoData | None = None, threads: int = 1) -> Path:
         """Unlearn the forget split from ``model`` with DUET (needs the demo ``data``) or an OU baseline."""
         s = self.settings
         common = [
@@ -358,14 +457,14 @@ class Demo:
             args = ["experiment=unlearn/tofu/default", f"trainer={OU_TRAINERS[method]}", *common]
         else:
             raise ValueError(f"Unknown demo unlearning method {method!r}; use duet or one of {sorted(OU_TRAINERS)}.")
-        self.ou(f"unlearn_{method}", "train", ["--config-name=unlearn.yaml", *args])
+        self.ou(f"unlearn_{method}", "train", ["--config-name=unlearn.yaml", *args], threads=threads)
         return self.workdir / "saves" / "unlearn" / f"demo_{method}"
 
     @staticmethod
     def row(label: str, eval_path: Path) -> ModelRow:
         summary = json.loads((eval_path.parent / "TOFU_SUMMARY.json").read_text())
         details = json.loads(eval_path.read_text())
-        return ModelRow(label, summary, details)
+        return ModelRow(label, summary, details, eval_path.parent)
 
 
 def refusal_rate(details: dict[str, Any]) -> float | None:
@@ -390,6 +489,22 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
     return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
+
+
+def headline(rows: list[ModelRow]) -> str:
+    """One sentence of what the table shows, from its numbers."""
+    by = {r.label: r for r in rows}
+    col = dict(COLUMNS)
+
+    def say(label: str) -> str:
+        r = by[label]
+        return (
+            f"forget ROUGE {_fmt(col['forget ROUGE ↓'](r))}, refusals {_fmt(col['forget refusals'](r))}, "
+            f"model_utility {_fmt(col['model_utility ↑'](r))}"
+        )
+
+    parts = [f"{label}: {say(label)}" for label in (FINETUNED, TEACHER, DUET, GRADDIFF) if label in by]
+    return "What it shows: " + "; ".join(parts) + "."
 
 
 def render_table(rows: list[ModelRow], forget_split: str) -> str:

@@ -1,6 +1,6 @@
 """Hydra overrides that make OU's scripts run on a CPU machine, offline, on a local model.
 
-Measured on OU's snapshot (``d3d7cf9``; see docs ``openunlearning-on-cpu.md``): each one fixes a concrete failure
+Measured on OU's snapshot (``d3d7cf9``): each one fixes a concrete failure
 (flash-attention, bf16, bitsandbytes' paged optimizer, ``warmup_epochs`` dividing by the GPU count, CUDA device maps,
 the in-training eval that would reach the Hub).
 """

@@ -12,6 +12,7 @@ from packaging.version import InvalidVersion, Version
 
 from duet_plugin.openunlearning.launcher import OURootNotFound, find_ou_root, hydra_plugin_discoverable
 from duet_plugin.openunlearning.registration import config_dir
+from duet_plugin.openunlearning.setup_ou import SHORT, commit_of
 
 # OU commits the plugin has been run against, and what they need.
 KNOWN_OU_COMMITS = {
@@ -54,13 +55,34 @@ def _in_range(version: str, spec: str) -> bool:
         return False
 
 
+def ou_cpu_pins() -> dict[str, str]:
+    """The exact versions of the plugin's ``ou-cpu`` extra (the stack tested on a CPU), by distribution name."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    pins = {}
+    for line in md.requires("duet-plugin") or []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is not None and req.marker.evaluate({"extra": "ou-cpu"}) and str(req.specifier):
+            pins[req.name.lower()] = str(req.specifier)
+    return pins
+
+
+def install_hint(dist: str) -> str:
+    """A pip command that installs ``dist`` at the version the plugin was tested with."""
+    spec = ou_cpu_pins().get(dist.lower(), "")
+    return f'pip install "{dist}{spec}"' + (" (the version duet-plugin's ou-cpu extra pins)" if spec else "")
+
+
 def check_packages() -> list[Check]:
     checks = []
     for dist, required, spec, why in PACKAGES:
         version = _version(dist)
         if version is None:
             status = "fail" if required else "warn"
-            checks.append(Check(dist, status, f"not installed ({why})", 'pip install "duet-plugin[ou-cpu]"'))
+            checks.append(Check(dist, status, f"not installed ({why})", install_hint(dist)))
         elif spec and not _in_range(version, spec):
             checks.append(Check(dist, "warn", f"{version} is outside {spec} ({why})", f'pip install "{dist}{spec}"'))
         else:
@@ -72,20 +94,22 @@ def check_ou(ou_root: str | None) -> list[Check]:
     try:
         root = find_ou_root(ou_root)
     except OURootNotFound as err:
-        return [Check("OpenUnlearning", "fail", str(err).split(":")[0], "pass --ou-root PATH or set OU_ROOT")]
+        problem, _, fix = str(err).partition(". ")
+        return [Check("OpenUnlearning", "fail", problem, fix.rstrip("."))]
     checks = [Check("OpenUnlearning", "ok", str(root))]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        commit = (commit_of(root) or "")[:7]
+    except OSError:  # git is missing
         commit = ""
     if not commit:
-        checks.append(Check("OU commit", "warn", "unknown (not a git checkout)", "use a git clone of OU"))
+        checks.append(
+            Check(
+                "OU commit",
+                "warn",
+                "unknown (not a git checkout, and its files are not those of a tested commit)",
+                f"duet-plugin setup-ou --dir NEW_FOLDER (fetches {SHORT})",
+            )
+        )
     elif commit in KNOWN_OU_COMMITS:
         checks.append(Check("OU commit", "ok", f"{commit}: {KNOWN_OU_COMMITS[commit]}"))
     else:
@@ -159,7 +183,7 @@ def check_plugin() -> list[Check]:
     try:
         checks.append(Check("configs", "ok", str(config_dir())))
     except FileNotFoundError as err:
-        checks.append(Check("configs", "fail", str(err), "pip install --force-reinstall duet-plugin"))
+        checks.append(Check("configs", "fail", str(err), 'reinstall from your duet-plugin clone: pip install -e "."'))
     if hydra_plugin_discoverable():
         checks.append(Check("Hydra plugin", "ok", "hydra_plugins.duet_plugin is discoverable"))
     else:

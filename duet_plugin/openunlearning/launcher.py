@@ -8,6 +8,7 @@ registering ours.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import pkgutil
@@ -26,26 +27,55 @@ class OURootNotFound(FileNotFoundError):
     """No OpenUnlearning checkout where we looked."""
 
 
+class LaunchError(ValueError):
+    """An override that cannot work, found before OU starts; the message names the fix."""
+
+
+#: Overrides naming a local model folder the run loads (a Hub id is ``org/name``: one slash).
+MODEL_KEYS = (
+    "model.model_args.pretrained_model_name_or_path",
+    "model.tokenizer_args.pretrained_model_name_or_path",
+    "trainer.method_args.teacher",
+)
+
+
 def is_ou_root(path: Path) -> bool:
     return (path / "src" / "train.py").is_file() and (path / "configs" / "unlearn.yaml").is_file()
 
 
 def find_ou_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The OU checkout: ``explicit`` (``--ou-root``), else ``$OU_ROOT``, else the current directory."""
-    tried = []
-    for label, candidate in (("--ou-root", explicit), ("$OU_ROOT", os.environ.get("OU_ROOT")), ("cwd", os.getcwd())):
-        if not candidate:
-            continue
-        path = Path(candidate).expanduser().resolve()
-        if is_ou_root(path):
-            return path
-        tried.append(f"{label}={path}")
-        if label != "cwd":  # an explicit choice that is wrong is an error, not something to fall back from
-            break
+    """The OU checkout: ``explicit`` (``--ou-root``), else ``$OU_ROOT``, else the current directory when it is one,
+    else the checkout ``duet-plugin setup-ou`` recorded. An explicit choice that is wrong is an error, never
+    something to fall back from."""
+    from duet_plugin.openunlearning.setup_ou import SetupError, config_file, recorded_ou_root
+
+    missing = "it must contain src/train.py and configs/unlearn.yaml"
+    for label, candidate in (("--ou-root", explicit), ("OU_ROOT", os.environ.get("OU_ROOT"))):
+        if candidate:
+            path = Path(candidate).expanduser().resolve()
+            if is_ou_root(path):
+                return path
+            raise OURootNotFound(
+                f"{label}={path} is not an OpenUnlearning checkout ({missing}). Point {label} at the folder that "
+                "holds OU's src/ and configs/, or run `duet-plugin setup-ou` and leave it unset."
+            )
+    if is_ou_root(Path.cwd()):
+        return Path.cwd().resolve()
+    try:
+        recorded = recorded_ou_root()
+    except SetupError as err:
+        raise OURootNotFound(str(err)) from err
+    if recorded is not None:
+        if is_ou_root(recorded):
+            return recorded
+        raise OURootNotFound(
+            f"The OpenUnlearning checkout recorded in {config_file()} ({recorded}) is gone or incomplete ({missing}). "
+            "Run `duet-plugin setup-ou` again, or pass --ou-root PATH."
+        )
     raise OURootNotFound(
-        "No OpenUnlearning checkout found (tried " + ", ".join(tried) + "): it must contain src/train.py and "
-        "configs/unlearn.yaml. Clone https://github.com/locuslab/open-unlearning and pass --ou-root PATH, "
-        "set OU_ROOT=PATH, or run from the checkout's root."
+        "No OpenUnlearning checkout found (no --ou-root, no OU_ROOT, none recorded, and the current directory is "
+        "not one). Run `duet-plugin setup-ou` to fetch it (--from PATH for a local clone or mirror), or pass "
+        "--ou-root PATH / set OU_ROOT."
     )
 
 
@@ -74,11 +104,55 @@ def hydra_plugin_discoverable() -> bool:
     return any(m.name == "duet_plugin" for m in pkgutil.iter_modules(hydra_plugins.__path__))
 
 
+def experiments(root: Path) -> list[str]:
+    """Every ``experiment=`` name OU and the plugin ship (``unlearn/tofu/duet``, ...)."""
+    names = set()
+    for base in (root / "configs" / "experiment", config_dir() / "experiment"):
+        names.update(p.relative_to(base).with_suffix("").as_posix() for p in base.rglob("*.yaml"))
+    return sorted(names)
+
+
+def _override(arg: str) -> tuple[str, str] | None:
+    key, sep, value = arg.partition("=")
+    return (key.lstrip("+~"), value) if sep else None
+
+
+def preflight(root: Path, overrides: Sequence[str], cwd: Path | None = None) -> None:
+    """Catch what would fail only after OU's imports and model loading: an experiment that does not exist (answered
+    with the closest names), a local model or teacher folder that does not exist."""
+    cwd = cwd or Path.cwd()
+    for arg in overrides:
+        parsed = _override(arg)
+        if parsed is None:
+            continue
+        key, value = parsed
+        if key == "experiment":
+            known = experiments(root)
+            name = value.removesuffix(".yaml")
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+                family = sorted({k for k in known if k.rsplit("/", 1)[0] == name.rsplit("/", 1)[0]})
+                hint = close or family
+                raise LaunchError(
+                    f"experiment={value} does not exist in OU's or the plugin's configs/experiment. "
+                    + (f"Closest: {', '.join(hint)}." if hint else f"Some that exist: {', '.join(known[:8])}, ...")
+                )
+        elif key in MODEL_KEYS and value and not value.startswith(("[", "{", "$", "null")):
+            path = Path(value).expanduser()
+            local = path.is_absolute() or value.startswith((".", "~")) or value.count("/") > 1
+            if local and not (path if path.is_absolute() else cwd / path).exists():
+                raise LaunchError(
+                    f"{key}={value}: no such folder{'' if path.is_absolute() else f' (relative to {cwd})'}. Point it "
+                    "at a saved model folder (config.json and weights), e.g. an earlier run's saves/.../<task_name>."
+                )
+
+
 def run(command: str, overrides: Sequence[str], ou_root: str | os.PathLike[str] | None = None) -> None:
     """Run OU's ``train`` or ``eval`` script with Hydra ``overrides`` (in this process)."""
     if command not in SCRIPTS:
         raise ValueError(f"Unknown command {command!r}; use one of {sorted(SCRIPTS)}.")
     root = find_ou_root(ou_root)
+    preflight(root, overrides)
     script = root / "src" / SCRIPTS[command]
     import_framework(root)
     args = list(overrides)

@@ -20,6 +20,15 @@ from duet_plugin.demo.benchmark_layouts import wmdp_corpus_files, workspace_muse
 from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer, save_model
 from duet_plugin.openunlearning.launcher import is_ou_root
+from duet_plugin.openunlearning.setup_ou import SetupError, recorded_ou_root
+
+# Read once, before the autouse fixture gives every test a private config file: $OU_ROOT, else the checkout
+# `duet-plugin setup-ou` recorded.
+try:
+    _RECORDED = recorded_ou_root()
+except SetupError:
+    _RECORDED = None
+OU_ROOT = os.environ.get("OU_ROOT") or (str(_RECORDED) if _RECORDED else None)
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -31,12 +40,11 @@ OFFLINE_ENV = {
 
 @pytest.fixture(scope="session")
 def ou_root() -> Path:
-    root = os.environ.get("OU_ROOT")
-    if not root:
-        pytest.skip("OU_ROOT is not set: point it at an OpenUnlearning checkout to run the integration tests")
-    path = Path(root).resolve()
+    if not OU_ROOT:
+        pytest.skip("no OpenUnlearning checkout: run `duet-plugin setup-ou` or set OU_ROOT to run the OU tests")
+    path = Path(OU_ROOT).resolve()
     if not is_ou_root(path):
-        pytest.fail(f"OU_ROOT={path} is not an OpenUnlearning checkout (no src/train.py / configs/unlearn.yaml)")
+        pytest.fail(f"{path} (OU_ROOT or setup-ou's record) is not an OpenUnlearning checkout")
     return path
 
 

@@ -99,7 +99,7 @@ def _eval_cfg(workspace: Path, mcq: Path, task_dir: Path, **changes) -> OmegaCon
 @pytest.fixture(scope="module")
 def task_dir(workspace: Path, mcq: Path, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("lm_eval_tasks")
-    task = {  # openunlearning-on-cpu.md §5: WMDP's own template on a local file
+    task = {  # lm-eval 0.4.8 runs offline on WMDP's own template on a local file
         "task": "wmdp_local",
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(mcq)}, "cache_dir": str(workspace / ".hf_datasets_cache")},

@@ -1,4 +1,4 @@
-"""DUET's Performance Shift against the paper's published rows (methods.md §1.4, MUSE-Books Table 1)."""
+"""DUET's Performance Shift against the paper's published rows (DUET, ICLR 2026: MUSE-Books, Table 1)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from duet_plugin.core.teacher import PromptRenderer
@@ -54,8 +56,24 @@ def test_refusal_rate_and_table() -> None:
     details = {"forget_Q_A_ROUGE": {"value_by_index": {"0": {"generation": REFUSAL}, "1": {"generation": "Paris."}}}}
     assert refusal_rate(details) == 0.5
     assert refusal_rate({}) is None
-    table = render_table([ModelRow("m", {"forget_Q_A_Prob": 0.5, "forget_quality": 1e-5}, details)], "forget05")
+    row = ModelRow("m", {"forget_Q_A_Prob": 0.5, "forget_quality": 1e-5}, details, Path("."))
+    table = render_table([row], "forget05")
     assert "| m | 0.500 |" in table and "1.00e-05" in table and "n/a" in table
+
+
+def test_the_headline_says_what_the_numbers_show() -> None:
+    from duet_plugin.demo.pipeline import DUET, FINETUNED, headline
+
+    def row(label: str, rouge: float, refusals: list[str], utility: float) -> ModelRow:
+        gens = {str(i): {"generation": g} for i, g in enumerate(refusals)}
+        summary = {"forget_Q_A_ROUGE": rouge, "model_utility": utility}
+        return ModelRow(label, summary, {"forget_Q_A_ROUGE": {"value_by_index": gens}}, Path("."))
+
+    line = headline([row(FINETUNED, 1.0, ["Paris."] * 4, 0.9), row(DUET, 0.25, [REFUSAL] * 3 + ["Paris."], 0.8)])
+    assert line == (
+        f"What it shows: {FINETUNED}: forget ROUGE 1.000, refusals 0.000, model_utility 0.900; "
+        f"{DUET}: forget ROUGE 0.250, refusals 0.750, model_utility 0.800."
+    )
 
 
 def test_demo_never_touches_a_foreign_folder(tmp_path, monkeypatch) -> None:
@@ -95,22 +113,39 @@ def _stub_ou(root, body: str):
     return root
 
 
-def test_demo_runs_ou_commands_and_reports_progress(tmp_path) -> None:
+def test_demo_streams_the_log_and_shows_live_progress(tmp_path) -> None:
+    """While an OU job runs, its log already holds its output and a progress line with a rate and an ETA shows up;
+    the stub waits for the test to have seen both before it exits."""
     import io
+    import threading
+    import time
 
-    progress = "".join(f"\\r{p}%|##| {p}/100 [00:01<00:00]" for p in (10, 30, 60, 100))
+    go = tmp_path / "go"
+    bars = "".join(f"\\r{p}%|##| {p}/100 [00:01<00:00, 9.0it/s]" for p in (10, 30, 60))
     ou = _stub_ou(
         tmp_path / "ou",
-        f"import os, sys\nsys.stderr.write({progress!r})\n"
-        "print('threads', os.environ['OMP_NUM_THREADS'], os.environ['HF_DATASETS_CACHE'])\n",
+        "import os, sys, time\n"
+        "print('threads', os.environ['OMP_NUM_THREADS'], os.environ['HF_DATASETS_CACHE'])\n"
+        f"sys.stderr.write({bars!r}); sys.stderr.flush(); time.sleep(0.3)\n"
+        f"sys.stderr.write('\\r100%|##| 100/100 [00:02<00:00, 9.0it/s]')\n"
+        f"deadline = time.time() + 20\nwhile not os.path.exists({str(go)!r}) and time.time() < deadline:\n"
+        "    time.sleep(0.05)\n",
     )
     out = io.StringIO()
     demo = Demo(tmp_path / "run", ou_root=ou, out=out)
-    demo.ou("stub", "train", ["a=1"], threads=2)
-    text = out.getvalue()
-    assert "stub: 100/100" in text and "stub: done" in text
-    log = (tmp_path / "run" / "logs" / "stub.log").read_text()
-    assert "threads 2" in log and str(tmp_path / "run" / ".hf_datasets_cache") in log
+    demo.progress_interval = 0.5
+    job = threading.Thread(target=demo.ou, args=("stub", "train", ["a=1"]), kwargs={"threads": 2})
+    job.start()
+    log = tmp_path / "run" / "logs" / "stub.log"
+    deadline = time.time() + 20
+    while time.time() < deadline and not ("100/100" in out.getvalue() and "threads 2" in log.read_text()):
+        time.sleep(0.05)
+    streamed, shown = log.read_text(), out.getvalue()
+    go.write_text("")
+    job.join(timeout=30)
+    assert "threads 2" in streamed and str(tmp_path / "run" / ".hf_datasets_cache") in streamed
+    assert "stub: 100% 100/100 steps [" in shown and "steps/s]" in shown
+    assert "stub: done in" in out.getvalue() and "[1/9 OU runs]" in out.getvalue()
 
 
 def test_a_failing_ou_command_names_its_log(tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""DUET's Performance Shift (methods.md §1.4): one number for "forgot more, kept as much" against the base model.
+"""DUET's Performance Shift (Zhong et al., 2026): one number for "forgot more, kept as much" against the base model.
 
 ``shift = Σ_forget (base - current) + Σ_utility (current - base)``, e.g. on MUSE-Books
 ``(F_base - F) + (F500_base - F500) + (R - R_base) + (MMLU - MMLU_base)``. Reverse-engineered from the paper's
