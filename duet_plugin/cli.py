@@ -119,7 +119,7 @@ def _report(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError as err:
-            raise ValueError('the plots need matplotlib: pip install "duet-plugin[report]"') from err
+            raise ValueError("the plots need matplotlib: pip install matplotlib") from err
         runs = report.load_runs(args.runs)
         empty = [r.label for r in runs if not r.sources]
         if len(empty) == len(runs):

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,8 +244,8 @@ class Demo:
         """Run every step and write the table, the plot and the report.
 
         The fine-tune of every fact is by far the longest job: it runs alone on all cores. The other jobs then run
-        two at a time, each on half the cores. Two jobs never share a core: PyTorch's threads spin while they wait,
-        so oversubscribed cores slow every job several times over (measured: 1.5 against 4.6 steps/s).
+        two at a time, each on half the cores. Two jobs never share a core: OpenMP's threads busy-wait, and on two
+        cores shared by two jobs the fine-tune ran at 1.5 steps/s against 4.6 alone (docs/demo.md).
         """
         s = self.settings
         self.say(f"Writing the fictitious-author dataset, the demo fine-tuning sets and a tiny Llama ({s.profile})")
@@ -279,18 +279,22 @@ class Demo:
                 lambda: self.evaluate("eval_retain", retain.result(), evals / "demo_retain", None, threads=half)
             )
 
-            def evaluate(name: str, model: Any, out: Path | None = None, cwd: Path | None = None) -> Any:
-                def job() -> Path:
-                    path = model.result() if hasattr(model, "result") else model
-                    return self.evaluate(name, path, out or path / "evals", retain_logs.result(), cwd, threads=half)
-
-                return pool.submit(job)
+            def evaluate(name: str, model: Callable[[], Path], out: Path | None = None, cwd: Path | None = None):
+                """OU's TOFU evaluation of ``model()`` (a finished job's output) against the retain-only logs."""
+                return pool.submit(
+                    lambda: self.evaluate(
+                        name, model(), out or model() / "evals", retain_logs.result(), cwd, threads=half
+                    )
+                )
 
             results = [
-                (FINETUNED, evaluate("eval_full", full, evals / "demo_full")),
-                (TEACHER, evaluate("eval_teacher", full, evals / "demo_teacher", self.workdir / "teacher_view")),
-                (DUET, evaluate("eval_duet", duet)),
-                (GRADDIFF, evaluate("eval_graddiff", graddiff)),
+                (FINETUNED, evaluate("eval_full", lambda: full, evals / "demo_full")),
+                (
+                    TEACHER,
+                    evaluate("eval_teacher", lambda: full, evals / "demo_teacher", self.workdir / "teacher_view"),
+                ),
+                (DUET, evaluate("eval_duet", duet.result)),
+                (GRADDIFF, evaluate("eval_graddiff", graddiff.result)),
                 (RETAIN, retain_logs),
             ]
             rows = [self.row(label, future.result()) for label, future in results]
@@ -306,7 +310,7 @@ class Demo:
         try:
             written += self.plot(rows)
         except ImportError:
-            plot_note = 'The plot needs matplotlib: pip install "duet-plugin[report]".'
+            plot_note = "The plot needs matplotlib: pip install matplotlib."
         wall = self.elapsed()
         text = "\n\n".join(
             part

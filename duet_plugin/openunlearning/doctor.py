@@ -174,7 +174,7 @@ def _check_registration(root: Path) -> Check:
         "registration",
         "fail",
         f"importing OU and registering failed: {last}",
-        'fix the error above (missing packages: pip install "duet-plugin[ou-cpu]")',
+        "fix the error above (a missing package: install the version its check above names)",
     )
 
 

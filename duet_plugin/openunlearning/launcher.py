@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from duet_plugin.openunlearning.registration import config_dir, register
+from duet_plugin.openunlearning.setup_ou import SetupError, config_file, is_ou_root, recorded_ou_root
 
 OU_PACKAGES = ("data", "model", "trainer", "evals")
 SCRIPTS = {"train": "train.py", "eval": "eval.py"}
@@ -39,16 +40,10 @@ MODEL_KEYS = (
 )
 
 
-def is_ou_root(path: Path) -> bool:
-    return (path / "src" / "train.py").is_file() and (path / "configs" / "unlearn.yaml").is_file()
-
-
 def find_ou_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The OU checkout: ``explicit`` (``--ou-root``), else ``$OU_ROOT``, else the current directory when it is one,
     else the checkout ``duet-plugin setup-ou`` recorded. An explicit choice that is wrong is an error, never
     something to fall back from."""
-    from duet_plugin.openunlearning.setup_ou import SetupError, config_file, recorded_ou_root
-
     missing = "it must contain src/train.py and configs/unlearn.yaml"
     for label, candidate in (("--ou-root", explicit), ("OU_ROOT", os.environ.get("OU_ROOT"))):
         if candidate:

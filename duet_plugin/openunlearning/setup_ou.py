@@ -28,6 +28,11 @@ SHORT = OU_COMMIT[:7]
 _NETWORK_ERRORS = ("could not resolve host", "unable to access", "failed to connect", "network is unreachable")
 
 
+def is_ou_root(path: Path) -> bool:
+    """An OpenUnlearning checkout: OU's ``src/train.py`` and ``configs/unlearn.yaml`` are there."""
+    return (path / "src" / "train.py").is_file() and (path / "configs" / "unlearn.yaml").is_file()
+
+
 class SetupError(RuntimeError):
     """Setting up OpenUnlearning failed; the message names the fix. Nothing of the user's was changed."""
 
@@ -130,8 +135,6 @@ def commit_of(path: Path) -> str | None:
 def setup_ou(dest: Path | None = None, source: str | None = None, say=print) -> Path:
     """Put OU at ``OU_COMMIT`` in ``dest`` (default :func:`default_dir`) from ``source`` (default GitHub), record
     it and return its path. Reuses ``dest`` when it already holds that commit."""
-    from duet_plugin.openunlearning.launcher import is_ou_root
-
     dest = (dest or default_dir()).expanduser().resolve()
     require_git()
     if dest.exists() and not dest.is_dir():
@@ -185,8 +188,6 @@ def _is_git_repo(path: Path) -> bool:
 
 def _copy_tree(src: Path, tmp: Path) -> None:
     """Copy an exported OU tree, after checking that it is ``OU_COMMIT``'s: only the files git would track."""
-    from duet_plugin.openunlearning.launcher import is_ou_root
-
     if not is_ou_root(src):
         raise SetupError(
             f"{src} is not an OpenUnlearning checkout or mirror (no src/train.py, configs/unlearn.yaml); pass "
@@ -220,7 +221,5 @@ def _clone(source: str, tmp: Path) -> None:
             f"{source} has no commit {SHORT}: is it locuslab/open-unlearning with its full history? (A shallow "
             f"mirror lacks older commits.) {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
         )
-    from duet_plugin.openunlearning.launcher import is_ou_root
-
     if not is_ou_root(tmp):
         raise SetupError(f"{source} at {SHORT} is not OpenUnlearning (no src/train.py, configs/unlearn.yaml).")

@@ -75,6 +75,9 @@ def test_the_readme_cpu_commands_run_as_pasted_on_the_demo_folder(quick_demo, ou
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     summary = home / "duet_demo" / "saves" / "eval" / "my_duet_eval" / "TOFU_SUMMARY.json"
     assert summary.is_file(), proc.stderr[-3000:]
+    config = (summary.parent / ".hydra" / "config.yaml").read_text()
+    unlearned = home / "duet_demo" / "saves" / "unlearn" / "my_duet"
+    assert config.count(f"pretrained_model_name_or_path: {unlearned}\n") == 2  # the unlearned model was evaluated
     values = json.loads(summary.read_text())
     assert values["forget_quality"] is not None  # retain_logs_path was read
     assert 0 <= values["forget_Q_A_ROUGE"] <= 1
