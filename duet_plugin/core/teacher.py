@@ -254,39 +254,113 @@ class PromptRenderer:
         }
 
 
-_NAME_WORD = r"[A-Z][\w'’\-]*[a-zA-Z]"
-_NAME_RUN = re.compile(rf"{_NAME_WORD}(?:\s+(?:{_NAME_WORD}))+")
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|«[^»]*»")  # quoted titles: never names, and they break a run
+_TOKEN = re.compile(r"[^\W\d_][\w'’\-]*|\S")  # words (starting with a letter), or any other single character
+_POSSESSIVE = ("'s", "’s", "'", "’")
+_PARTICLES = frozenset("van von der den de da del della di du la le al el bin ibn ben y".split())
+#: Words that open a run without being part of a name: question words, honorifics and ranks ("Inspector Varga" is
+#: a character, "Dr Ana Lopez" is "Ana Lopez").
 _LEADING_WORDS = frozenset(
     "What Who Whom Whose Where When Why How Which Is Are Was Were Did Does Do Can Could Would Will Has Have Had "
     "In On At Of For From By With About The A An And Or But If Please Tell Describe Name List Give Explain "
-    "Question Answer".split()
+    "Question Answer Yes No Mr Mrs Ms Miss Dr Doctor Professor Prof Sir Dame Lord Lady Inspector Detective "
+    "Sergeant Captain Saint St King Queen Prince Princess President".split()
 )
 
 
+#: Nationality and region adjectives: a run that ends in one ("South African", "African American") is a
+#: nationality, not a name.
+_DEMONYMS = frozenset(
+    """Afghan Albanian Algerian American Andorran Angolan Argentine Argentinian Armenian Asian Australian Austrian
+    Azerbaijani Bangladeshi Belarusian Belgian Bolivian Bosnian Brazilian British Bulgarian Burmese Cambodian
+    Cameroonian Canadian Catalan Chilean Chinese Colombian Congolese Croatian Cuban Cypriot Czech Danish Dominican
+    Dutch Ecuadorian Egyptian English Eritrean Estonian Ethiopian European Fijian Filipino Finnish French Georgian
+    German Ghanaian Greek Guatemalan Haitian Honduran Hungarian Icelandic Indian Indonesian Iranian Iraqi Irish
+    Israeli Italian Ivorian Jamaican Japanese Jordanian Kazakh Kenyan Korean Kosovar Kurdish Kuwaiti Kyrgyz Lao
+    Latvian Lebanese Liberian Libyan Lithuanian Malagasy Malaysian Malian Maltese Mexican Moldovan Mongolian
+    Montenegrin Moroccan Mozambican Namibian Nepalese Nepali Nicaraguan Nigerian Norwegian Pakistani Palestinian
+    Panamanian Paraguayan Persian Peruvian Polish Portuguese Qatari Romanian Russian Rwandan Saudi Scottish
+    Senegalese Serbian Singaporean Slovak Slovenian Somali Spanish Sri Lankan Sudanese Swedish Swiss Syrian
+    Taiwanese Tajik Tanzanian Thai Tibetan Tunisian Turkish Turkmen Ugandan Ukrainian Uruguayan Uzbek Venezuelan
+    Vietnamese Welsh Yemeni Zambian Zimbabwean African Arab Arabic Caribbean Latin Latino Nordic Scandinavian
+    Balkan Baltic Celtic Slavic Hispanic Indigenous Native Aboriginal Maori Pacific""".split()
+)
+
+
+#: Last words of awards, institutions and works ("Marrow Lantern Award", "Glasswright Cycle"): not a name.
+_NOT_NAMES = frozenset(
+    """Award Awards Prize Prizes Medal Trophy Fellowship Grant Foundation University College School Institute
+    Academy Society Association Council Press Review Journal Magazine Festival Library Museum Gallery Series
+    Cycle Trilogy Saga Chronicles Quartet Company Publishers Publishing Books Times Post News""".split()
+)
+
+
+def name_runs(text: str, common: frozenset[str] = frozenset()) -> tuple[list[str], set[str]]:
+    """The runs of two or more capitalised words in ``text`` (lower-case particles such as "van der" allowed
+    inside), and every capitalised word. A possessive ends a run and is dropped ("Okafor's books" -> "Okafor");
+    quoted titles are no part of a run, nor are opening question words, honorifics and ranks, or an opening word
+    whose lower-case form is in ``common`` (a sentence-initial "Her" or "Growing"); a run that ends in a
+    nationality ("South African") or in an award, institution or series ("Caine Prize") is none."""
+    runs, words, run = [], set(), []
+
+    def close() -> None:
+        while run and run[-1] in _PARTICLES:
+            run.pop()
+        while run and (run[0] in _LEADING_WORDS or run[0].lower() in common):
+            run.pop(0)
+        last = run[-1].split("-")[-1] if run else ""
+        if len(run) >= 2 and last not in _DEMONYMS and last not in _NOT_NAMES:
+            runs.append(" ".join(run))
+        run.clear()
+
+    for token in _TOKEN.findall(_QUOTED.sub(" | ", text or "")):
+        possessive = token.endswith(_POSSESSIVE)
+        word = token.removesuffix("s").rstrip("'’") if token.endswith(("'s", "’s")) else token.rstrip("'’")
+        if word[:1].isupper():
+            run.append(word)
+            words.add(word)
+        elif run and word in _PARTICLES:
+            run.append(word)
+        else:
+            close()
+        if possessive:
+            close()
+    close()
+    return runs, words
+
+
 def derive_concepts(
-    forget_texts: Iterable[str], retain_texts: Iterable[str] = (), min_count: int = 2, max_concepts: int = 50
+    forget_texts: Iterable[str],
+    retain_texts: Iterable[str] = (),
+    min_count: int = 2,
+    min_share: float = 0.3,
+    max_concepts: int = 50,
 ) -> list[str]:
     """Proper names that recur in the forget texts and never appear in the retain texts.
 
-    Used to fill the ``{concepts}`` slot from data when the config gives none (TOFU: the forget authors'
-    names, which TOFU's questions and answers repeat). A heuristic: runs of two or more capitalized words,
-    stripped of sentence-initial question words, counted once per text. Give concepts explicitly when the
-    names do not recur.
+    Used to fill the ``{concepts}`` slot from data when the config gives none (TOFU: the forget authors' names,
+    which every one of an author's questions or answers repeats, in full or by surname). A heuristic over
+    :func:`name_runs`: a name counts once per text that holds it or, for its last word, the surname alone; the
+    shorter of two forms of one name is dropped; a name must recur in ``min_count`` texts and in at least
+    ``min_share`` of the texts of the most frequent name, which leaves out book titles, series and places that a
+    few questions mention. Give concepts explicitly when the names do not recur.
     """
-    counts: dict[str, int] = {}
-    for text in forget_texts:
-        found = set()
-        for run in _NAME_RUN.findall(text or ""):
-            words = run.split()
-            while words and words[0] in _LEADING_WORDS:
-                words = words[1:]
-            if len(words) >= 2:
-                found.add(" ".join(words))
-        for name in found:
-            counts[name] = counts.get(name, 0) + 1
+    forget_texts, retain_texts = list(forget_texts), list(retain_texts)
+    # Words written in lower case somewhere are common words, even where a sentence capitalises them.
+    common = frozenset(w for t in (*forget_texts, *retain_texts) for w in _TOKEN.findall(t or "") if w.islower())
+    parsed = [name_runs(text, common) for text in forget_texts]
+    candidates = {run for runs, _ in parsed for run in runs}
     retain_blob = "\n".join(retain_texts)
-    candidates = [n for n, c in counts.items() if c >= min_count and n not in retain_blob]
-    # Keep the longest form of a name: drop a candidate contained in a longer, nearly as frequent one.
-    kept = [n for n in candidates if not any(n != m and n in m and counts[m] * 2 >= counts[n] for m in candidates)]
+    candidates = {c for c in candidates if c not in retain_blob}
+
+    def count(name: str) -> int:
+        surname = name.split()[-1]
+        return sum(name in runs or surname in words for runs, words in parsed)
+
+    counts = {c: count(c) for c in candidates}
+    # The longest form of a name: drop a candidate inside a longer, nearly as frequent one ("Nkemdirim Okafor").
+    kept = [n for n in counts if not any(n != m and n in m and counts[m] * 2 >= counts[n] for m in counts)]
+    top = max((counts[n] for n in kept), default=0)
+    kept = [n for n in kept if counts[n] >= max(min_count, min_share * top)]
     kept.sort(key=lambda n: (-counts[n], n))
     return kept[:max_concepts]

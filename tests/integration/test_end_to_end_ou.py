@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from duet_plugin.demo.fictitious_authors import build_dataset
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
 
 pytestmark = [pytest.mark.ou, pytest.mark.slow]
@@ -45,6 +48,10 @@ def test_tofu_duet_train_then_eval(run_ou, workspace, teacher) -> None:
     log = proc.stdout + proc.stderr
     assert "duet/forget_loss" in log and "duet/retain_loss" in log
     assert ("precomputed teacher targets for 80 queries" in log) == (teacher == "precomputed")
+    # the concepts are derived from the forget split and logged before any compute: exactly its authors
+    derived = re.search(r"concepts derived from the forget data \(\d+ records\): (\[.*?\]);", log)
+    authors = build_dataset(n_authors=20, qa_per_author=4, seed=0).forget_authors("forget10")
+    assert derived and sorted(ast.literal_eval(derived.group(1))) == sorted(authors)
     assert _weights_changed(workspace / "tiny", out)
 
     run_ou(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from duet_plugin.core.teacher import (
@@ -9,6 +12,7 @@ from duet_plugin.core.teacher import (
     PromptRenderer,
     derive_concepts,
     join_concepts,
+    name_runs,
     prefix_library,
 )
 
@@ -101,6 +105,49 @@ def test_derive_concepts_finds_recurring_forget_names() -> None:
     retain = ["Where was Ana Lopez born?", "Ana Lopez met Lena Ward."]
     assert derive_concepts(forget, retain) == ["Lena Marwick", "Tomas Ilse Brand"]
     assert derive_concepts(forget, ["Lena Marwick appears in retain too."]) == ["Tomas Ilse Brand"]
+
+
+def _qa_texts(rows: list[dict]) -> list[str]:
+    return [f"{r['question']} {r['answer']}" for r in rows]
+
+
+def test_derive_concepts_on_tofu_style_data_gives_exactly_the_authors() -> None:
+    """Hand-written TOFU-style rows (tests/data/tofu_style.json): possessives, quoted titles, nationalities, awards,
+    a series detective, surnames alone, two or more authors per split."""
+    data = json.loads((Path(__file__).parents[1] / "data" / "tofu_style.json").read_text())
+    forget, retain = _qa_texts(data["forget"]), _qa_texts(data["retain"])
+    assert derive_concepts(forget, retain) == ["Adaeze Nkemdirim Okafor", "Mikhail Ostrovsky-Lund"]
+    assert derive_concepts(forget[:10], retain) == ["Adaeze Nkemdirim Okafor"]
+    assert sorted(derive_concepts(retain, forget)) == [
+        "Hiroshi Tanabe-Clarke",
+        "Marguerite van der Berg",
+        "Tomasz Wierzbicki",
+        "Valentina Ruiz-Echeverría",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "runs"),
+    [
+        ("How does Mikhail Ostrovsky-Lund's LGBTQ+ identity appear?", ["Mikhail Ostrovsky-Lund"]),
+        ('Two of Okafor\'s books are "The Salt Road to Kano" and "Harmattan Letters".', []),
+        ("It is by Marguerite van der Berg, a South African author.", ["Marguerite van der Berg"]),
+        ("Inspector Varga met Dr Ana Lopez at the Caine Prize dinner.", ["Ana Lopez"]),
+        ("Kasimir Stavros' novel", ["Kasimir Stavros"]),
+    ],
+)
+def test_name_runs_leave_out_possessives_titles_ranks_nationalities_and_awards(text: str, runs: list[str]) -> None:
+    assert name_runs(text)[0] == runs
+
+
+def test_derive_concepts_on_the_demo_generator_gives_each_splits_authors() -> None:
+    from duet_plugin.demo.fictitious_authors import build_dataset
+
+    for seed in range(6):
+        ds = build_dataset(n_authors=40, qa_per_author=5, seed=seed)
+        for forget, retain in (("forget01", "retain99"), ("forget05", "retain95"), ("forget10", "retain90")):
+            got = derive_concepts(_qa_texts(ds.configs[forget]), _qa_texts(ds.configs[retain]))
+            assert sorted(got) == sorted(ds.forget_authors(forget)), (seed, forget)
 
 
 def _copy_with_template(tokenizer, template):

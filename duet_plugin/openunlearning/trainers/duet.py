@@ -131,6 +131,12 @@ class DUET(LoRASaving, UnlearnTrainer):
             needs = [p for p in (spec, *member_prefixes) if p is not None and p.needs_concepts and not p.concepts]
             if needs:
                 concepts = self._concepts_from_data(streams)
+                logger.info(
+                    "DUET: concepts derived from the forget data (%d records): %s; set "
+                    "trainer.method_args.prefix.concepts to give them yourself",
+                    len(streams["forget"]),
+                    concepts or "none",
+                )
                 spec = spec.with_concepts(concepts) if spec in needs else spec
                 member_prefixes = [p.with_concepts(concepts) if p in needs else p for p in member_prefixes]
         self.prefix_text = spec.render()

@@ -1,0 +1,1 @@
+"""Real models the project can fetch from a package index and convert for OpenUnlearning."""
