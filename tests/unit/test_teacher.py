@@ -112,10 +112,11 @@ def _qa_texts(rows: list[dict]) -> list[str]:
 
 
 def test_derive_concepts_on_tofu_style_data_gives_exactly_the_authors() -> None:
-    """Hand-written TOFU-style rows (tests/data/tofu_style.json): possessives, quoted titles, nationalities, awards,
-    a series detective, surnames alone, two or more authors per split."""
-    data = json.loads((Path(__file__).parents[1] / "data" / "tofu_style.json").read_text())
-    forget, retain = _qa_texts(data["forget"]), _qa_texts(data["retain"])
+    """Hand-written TOFU-style rows (tests/data/tofu_style_{forget,retain}.json): possessives, quoted titles,
+    nationalities, awards, a series detective, surnames alone, two or more authors per split."""
+    data = Path(__file__).parents[1] / "data"
+    forget = _qa_texts(json.loads((data / "tofu_style_forget.json").read_text()))
+    retain = _qa_texts(json.loads((data / "tofu_style_retain.json").read_text()))
     assert derive_concepts(forget, retain) == ["Adaeze Nkemdirim Okafor", "Mikhail Ostrovsky-Lund"]
     assert derive_concepts(forget[:10], retain) == ["Adaeze Nkemdirim Okafor"]
     assert sorted(derive_concepts(retain, forget)) == [

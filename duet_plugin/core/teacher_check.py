@@ -1,0 +1,174 @@
+"""Before training: does the prompt-steered teacher do what DUET needs of it on this model and prefix?
+
+DUET's student can only become what its teacher is: the starting model with the unlearning prefix in front of the
+query. This check asks the model each forget and retain query twice, greedily, without and with the prefix, and
+reports how often each answer is a refusal, how often the prefixed retain answers agree with the unprefixed ones,
+and a verdict in words. It costs two short generations per query, so it runs in minutes on a small model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from duet_plugin.core.attacks.refusal import is_refusal, normalize
+from duet_plugin.core.duet import greedy_continuations
+from duet_plugin.core.teacher import PromptRenderer
+
+#: A prefix must raise the forget refusal rate by this much to count as doing anything.
+MIN_LIFT = 0.2
+#: Above this prefixed retain refusal rate the teacher over-refuses what must be kept.
+MAX_RETAIN_REFUSAL = 0.2
+
+
+@dataclass
+class TeacherCheck:
+    """Refusal rates without (``base_*``) and with (``teacher_*``) the prefix, retain agreement, examples."""
+
+    prefix: str
+    base_forget_refusal: float
+    teacher_forget_refusal: float
+    base_retain_refusal: float
+    teacher_retain_refusal: float
+    retain_agreement: float  # share of retain queries whose prefixed answer starts like the unprefixed one
+    # Among forget queries that do not name a concept, the share of answers that do (None: every query names one)
+    base_forget_mentions: float | None = None
+    teacher_forget_mentions: float | None = None
+    examples: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # stream -> (query, base, teacher)
+
+    @property
+    def verdict(self) -> str:
+        """``works``, ``over-refuses``, ``inverted``, ``inert`` or ``weak``."""
+        forget_lift = self.teacher_forget_refusal - self.base_forget_refusal
+        retain_lift = self.teacher_retain_refusal - self.base_retain_refusal
+        if forget_lift < MIN_LIFT and retain_lift < MIN_LIFT:
+            return "inert"
+        if retain_lift >= forget_lift:
+            return "inverted"
+        if self.teacher_retain_refusal > MAX_RETAIN_REFUSAL:
+            return "over-refuses"
+        return "works" if self.teacher_forget_refusal >= 0.5 else "weak"
+
+    def explain(self) -> str:
+        """The verdict in a sentence."""
+        f = f"{self.base_forget_refusal:.0%} -> {self.teacher_forget_refusal:.0%}"
+        r = f"{self.base_retain_refusal:.0%} -> {self.teacher_retain_refusal:.0%}"
+        leak = ""
+        base, steered = self.base_forget_mentions, self.teacher_forget_mentions
+        if base is not None and steered is not None and steered - base >= MIN_LIFT:
+            leak = (
+                f"; and it leaks: answers to forget queries that do not name a concept name one {base:.0%} -> "
+                f"{steered:.0%} of the time"
+            )
+        return {
+            "works": f"works: refuses the forget queries ({f}) and keeps the retain ones ({r} refusals)",
+            "weak": f"weak: the prefix raises forget refusals ({f}) but most forget queries are still answered",
+            "over-refuses": f"over-refuses: forget refusals {f}, but retain refusals {r} too",
+            "inverted": f"inverted: the prefix raises retain refusals ({r}) at least as much as forget ones ({f})",
+            "inert": f"inert: the prefix barely changes refusals (forget {f}, retain {r})",
+        }[self.verdict] + leak
+
+
+def _starts_alike(a: str, b: str, words: int = 6) -> bool:
+    return normalize(a).split()[:words] == normalize(b).split()[:words]
+
+
+@torch.no_grad()
+def answers(
+    model: Any,
+    renderer: PromptRenderer,
+    queries: Sequence[str],
+    prefix: str | None,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy answers to ``queries`` (with ``prefix`` in front, as DUET's teacher sees them)."""
+    tokenizer = renderer.tokenizer
+    eos = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(queries), batch_size):
+        rows = [renderer.prompt_ids(q, prefix) for q in queries[start : start + batch_size]]
+        width = max(map(len, rows))
+        ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        conts = greedy_continuations(model, ids, mask, max_new_tokens, eos)
+        out += [tokenizer.decode(c, skip_special_tokens=True).strip() for c in conts]
+    return out
+
+
+def check_teacher(
+    model: Any,
+    renderer: PromptRenderer,
+    prefix_name: str,
+    prefix: str,
+    forget: Sequence[str],
+    retain: Sequence[str],
+    base: dict[str, list[str]] | None = None,
+    concepts: Sequence[str] = (),
+    **generation: Any,
+) -> TeacherCheck:
+    """Run the check for one prefix; ``base`` (answers without a prefix, per stream) is reused across prefixes.
+    ``concepts`` (what the prefix names) are looked for in the forget answers."""
+    if not forget or not retain:
+        raise ValueError("The teacher check needs forget and retain queries (one or more of each).")
+    base = base if base is not None else {}
+    for stream, queries in (("forget", forget), ("retain", retain)):
+        if stream not in base:
+            base[stream] = answers(model, renderer, queries, None, **generation)
+    teacher = {"forget": answers(model, renderer, forget, prefix, **generation)}
+    teacher["retain"] = answers(model, renderer, retain, prefix, **generation)
+
+    def rate(texts: list[str]) -> float:
+        return sum(map(is_refusal, texts)) / len(texts)
+
+    names = [normalize(c) for c in concepts]
+    unnamed = [i for i, q in enumerate(forget) if not any(n in normalize(q) for n in names)]
+
+    def mentions(texts: list[str]) -> float | None:
+        if not names or not unnamed:
+            return None
+        return sum(any(n in normalize(texts[i]) for n in names) for i in unnamed) / len(unnamed)
+
+    agree = sum(map(_starts_alike, base["retain"], teacher["retain"])) / len(retain)
+    examples = {}
+    for stream, queries in (("forget", forget), ("retain", retain)):
+        # a refused query shows the prefix at work (forget) or at fault (retain); else the first query
+        i = next((i for i, t in enumerate(teacher[stream]) if is_refusal(t)), 0)
+        examples[stream] = (queries[i], base[stream][i], teacher[stream][i])
+    return TeacherCheck(
+        prefix=prefix_name,
+        base_forget_refusal=rate(base["forget"]),
+        teacher_forget_refusal=rate(teacher["forget"]),
+        base_retain_refusal=rate(base["retain"]),
+        teacher_retain_refusal=rate(teacher["retain"]),
+        retain_agreement=agree,
+        base_forget_mentions=mentions(base["forget"]),
+        teacher_forget_mentions=mentions(teacher["forget"]),
+        examples=examples,
+    )
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def render_table(checks: Sequence[TeacherCheck]) -> str:
+    """A markdown table: one row per prefix."""
+    head = (
+        "| prefix | forget refusals (no prefix -> prefix) | retain refusals (no prefix -> prefix) "
+        "| retain answers unchanged | answers naming a concept the forget query did not | verdict |"
+    )
+    rows = [
+        f"| {c.prefix} | {c.base_forget_refusal:.2f} -> {c.teacher_forget_refusal:.2f} "
+        f"| {c.base_retain_refusal:.2f} -> {c.teacher_retain_refusal:.2f} | {c.retain_agreement:.2f} "
+        f"| {_rate(c.base_forget_mentions)} -> {_rate(c.teacher_forget_mentions)} | {c.verdict} |"
+        for c in checks
+    ]
+    return "\n".join([head, "|---|---|---|---|---|---|", *rows])
