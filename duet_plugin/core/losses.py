@@ -61,7 +61,7 @@ def select_topk(teacher_logits: torch.Tensor, top_k: int) -> TopKTargets:
     return TopKTargets(indices=indices, values=values, logsumexp=logits.logsumexp(dim=-1))
 
 
-def _topk_tail_kl(student_logits: torch.Tensor, targets: TopKTargets) -> torch.Tensor:
+def topk_tail_kl(student_logits: torch.Tensor, targets: TopKTargets) -> torch.Tensor:
     """KL(teacher || student) over K+1 outcomes: the K teacher-top tokens and one bucket for all others."""
     s = student_logits.float()
     log_q_all = s.logsumexp(dim=-1, keepdim=True)
@@ -97,7 +97,7 @@ def topk_distillation_loss(
     if student_logits.shape[0] != len(targets):
         raise ValueError(f"{student_logits.shape[0]} student positions but {len(targets)} teacher targets.")
     if distance == "kl":
-        per_position = _topk_tail_kl(student_logits, targets)
+        per_position = topk_tail_kl(student_logits, targets)
     else:
         s = student_logits.float().gather(-1, targets.indices)
         t = targets.values.float()

@@ -1,9 +1,13 @@
-"""Before training: does the prompt-steered teacher do what DUET needs of it on this model and prefix?
+"""Before training: does the prompt-steered teacher do what DUET needs of it on this model and prefix? After
+training: how much of the way from the starting model to that teacher did the student go?
 
 DUET's student can only become what its teacher is: the starting model with the unlearning prefix in front of the
-query. This check asks the model each forget and retain query twice, greedily, without and with the prefix, and
-reports how often each answer is a refusal, how often the prefixed retain answers agree with the unprefixed ones,
-and a verdict in words. It costs two short generations per query, so it runs in minutes on a small model.
+query. :func:`check_teacher` asks the model each forget and retain query twice, greedily, without and with the
+prefix, and reports how often each answer is a refusal, how often the prefixed retain answers agree with the
+unprefixed ones, and a verdict in words. It costs two short generations per query, so it runs in minutes on a small
+model. :func:`distillation_fidelity` measures DUET's own job whatever the teacher's quality: at the position that
+predicts the first response token, the KL from the teacher (over its top-K tokens plus one bucket for the rest) to
+the starting model and to the student, the share of that gap the student closed, and top-1 agreement.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 from duet_plugin.core.attacks.refusal import is_refusal, normalize
 from duet_plugin.core.duet import greedy_continuations
+from duet_plugin.core.losses import select_topk, topk_tail_kl
 from duet_plugin.core.teacher import PromptRenderer
 
 #: A prefix must raise the forget refusal rate by this much to count as doing anything.
@@ -76,6 +81,19 @@ def _starts_alike(a: str, b: str, words: int = 6) -> bool:
     return normalize(a).split()[:words] == normalize(b).split()[:words]
 
 
+def _right_padded(
+    model: Any, renderer: PromptRenderer, queries: Sequence[str], prefix: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts of ``queries`` (in the view of ``prefix``), right-padded, and their attention mask."""
+    rows = [renderer.prompt_ids(q, prefix) for q in queries]
+    ids = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long, device=next(model.parameters()).device)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def answers(
     model: Any,
@@ -88,16 +106,9 @@ def answers(
     """Greedy answers to ``queries`` (with ``prefix`` in front, as DUET's teacher sees them)."""
     tokenizer = renderer.tokenizer
     eos = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
-    device = next(model.parameters()).device
     out = []
     for start in range(0, len(queries), batch_size):
-        rows = [renderer.prompt_ids(q, prefix) for q in queries[start : start + batch_size]]
-        width = max(map(len, rows))
-        ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        ids, mask = _right_padded(model, renderer, queries[start : start + batch_size], prefix)
         conts = greedy_continuations(model, ids, mask, max_new_tokens, eos)
         out += [tokenizer.decode(c, skip_special_tokens=True).strip() for c in conts]
     return out
@@ -157,6 +168,77 @@ def check_teacher(
 
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+@dataclass
+class Fidelity:
+    """Teacher -> starting model and teacher -> student, at the first response position of ``n`` queries."""
+
+    queries: str  # which queries (trained forget, held-out retain, ...)
+    n: int
+    kl_base: float  # mean KL(teacher || starting model) over the teacher's top-K plus a tail bucket
+    kl_student: float  # the same to the student
+    top1_base: float  # share of queries where the starting model's top token is the teacher's
+    top1_student: float
+
+    @property
+    def closed(self) -> float:
+        """The share of the starting model's distance to the teacher that the student closed (1: all of it)."""
+        return 1.0 - self.kl_student / self.kl_base if self.kl_base > 0 else float("nan")
+
+
+@torch.no_grad()
+def first_response_logits(
+    model: Any, renderer: PromptRenderer, queries: Sequence[str], prefix: str | None, batch_size: int = 8
+) -> torch.Tensor:
+    """``[N, V]`` logits that predict the first response token of each query (prompt in the view of ``prefix``)."""
+    out = []
+    for start in range(0, len(queries), batch_size):
+        ids, mask = _right_padded(model, renderer, queries[start : start + batch_size], prefix)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        last = mask.sum(dim=1) - 1
+        out.append(logits[torch.arange(len(ids), device=ids.device), last].float().cpu())
+    return torch.cat(out)
+
+
+def distillation_fidelity(
+    base: Any,
+    student: Any,
+    renderer: PromptRenderer,
+    prefix: str,
+    queries: Sequence[str],
+    label: str,
+    top_k: int = 10,
+) -> Fidelity:
+    """How far ``student`` (unprefixed) moved from ``base`` (unprefixed) towards ``base`` with ``prefix``."""
+    if not queries:
+        raise ValueError(f"No {label} queries to measure distillation fidelity on.")
+    teacher = first_response_logits(base, renderer, queries, prefix)
+    targets = select_topk(teacher, top_k)
+    start = first_response_logits(base, renderer, queries, None)
+    trained = first_response_logits(student, renderer, queries, None)
+    top1 = teacher.argmax(-1)
+    return Fidelity(
+        queries=label,
+        n=len(queries),
+        kl_base=topk_tail_kl(start, targets).mean().item(),
+        kl_student=topk_tail_kl(trained, targets).mean().item(),
+        top1_base=(start.argmax(-1) == top1).float().mean().item(),
+        top1_student=(trained.argmax(-1) == top1).float().mean().item(),
+    )
+
+
+def render_fidelity(rows: Sequence[Fidelity], top_k: int = 10) -> str:
+    head = (
+        f"| queries | n | KL to teacher (top-{top_k} + tail): start -> student | gap closed "
+        "| top-1 = teacher's: start -> student |"
+    )
+    body = [
+        f"| {f.queries} | {f.n} | {f.kl_base:.3f} -> {f.kl_student:.3f} | {f.closed:.0%} "
+        f"| {f.top1_base:.2f} -> {f.top1_student:.2f} |"
+        for f in rows
+    ]
+    return "\n".join([head, "|---|---|---|---|---|", *body])
 
 
 def render_table(checks: Sequence[TeacherCheck]) -> str:

@@ -117,3 +117,45 @@ def test_the_command_counts_forget_answers_that_name_a_derived_concept(
     out = capsys.readouterr().out
     # one forget query does not name her: its answer does with the prefix only
     assert "| 0.00 -> 1.00 | inert |" in out and "name one 0% -> 100% of the time" in out
+
+
+def test_fidelity_is_the_share_of_the_gap_to_the_teacher_that_the_student_closed(monkeypatch) -> None:
+    import torch
+
+    teacher = torch.tensor([[4.0, 1.0, 0.0, 0.0], [0.0, 3.0, 1.0, 0.0]])
+    start = torch.tensor([[0.0, 4.0, 0.0, 0.0], [0.0, 3.0, 1.0, 0.0]])
+    views = {"T": teacher, None: start}
+    for student, closed, top1 in ((start, 0.0, 0.5), (teacher, 1.0, 1.0), ((start + teacher) / 2, None, None)):
+        monkeypatch.setattr(
+            tc, "first_response_logits", lambda model, r, q, prefix, s=student: s if model == "S" else views[prefix]
+        )
+        f = tc.distillation_fidelity("B", "S", None, "T", ["q1", "q2"], "trained forget", top_k=2)
+        assert f.kl_base > 0 and f.top1_base == 0.5
+        if closed is None:  # halfway in logit space: part of the gap
+            assert 0.2 < f.closed < 0.95 and f.kl_student < f.kl_base
+        else:
+            assert f.closed == pytest.approx(closed) and f.top1_student == top1
+    assert "| trained forget | 2 |" in tc.render_fidelity([f], top_k=2)
+
+
+def test_first_response_logits_are_the_last_prompt_position(tiny_model, tokenizer, chat_args) -> None:
+    import torch
+
+    renderer = PromptRenderer(tokenizer, chat_args)
+    queries = ["Who wrote it?", "Where was Lena Marwick born, and when did she publish her first novel?"]
+    batched = tc.first_response_logits(tiny_model, renderer, queries, "FORGET", batch_size=2)
+    for i, q in enumerate(queries):
+        ids = torch.tensor([renderer.prompt_ids(q, "FORGET")])
+        assert torch.allclose(batched[i], tiny_model(input_ids=ids).logits[0, -1], atol=1e-5)
+
+
+def test_fidelity_options_are_checked_before_any_model_loads(tmp_path, capsys) -> None:
+    from duet_plugin.cli import main
+
+    f = tmp_path / "q.json"
+    f.write_text('[{"question": "Where did Lena Marwick live?"}, {"question": "Did Lena Marwick win?"}]')
+    base = ["teacher-check", "--model", str(tmp_path / "missing"), "--forget", str(f), "--retain", str(f)]
+    assert main([*base, "--student", str(tmp_path / "s")]) == 2
+    assert "--student needs exactly one --prefix" in capsys.readouterr().err
+    assert main([*base, "--prefix", "never_heard_of", "--heldout", str(f)]) == 2
+    assert "--heldout goes with --student" in capsys.readouterr().err
