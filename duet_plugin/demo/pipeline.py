@@ -33,6 +33,7 @@ from duet_plugin.demo.progress import JobProgress
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer, save_model
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
 from duet_plugin.openunlearning.launcher import find_ou_root
+from duet_plugin.report import fmt
 
 MARKER = ".duet-plugin-demo"
 SPLITS = {
@@ -489,12 +490,6 @@ COLUMNS = (
 )
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
-
-
 def headline(rows: list[ModelRow]) -> str:
     """One sentence of what the table shows, from its numbers."""
     by = {r.label: r for r in rows}
@@ -503,8 +498,8 @@ def headline(rows: list[ModelRow]) -> str:
     def say(label: str) -> str:
         r = by[label]
         return (
-            f"forget ROUGE {_fmt(col['forget ROUGE ↓'](r))}, refusals {_fmt(col['forget refusals'](r))}, "
-            f"model_utility {_fmt(col['model_utility ↑'](r))}"
+            f"forget ROUGE {fmt(col['forget ROUGE ↓'](r))}, refusals {fmt(col['forget refusals'](r))}, "
+            f"model_utility {fmt(col['model_utility ↑'](r))}"
         )
 
     parts = [f"{label}: {say(label)}" for label in (FINETUNED, TEACHER, DUET, GRADDIFF) if label in by]
@@ -515,5 +510,5 @@ def render_table(rows: list[ModelRow], forget_split: str) -> str:
     """A markdown table of OU's TOFU metrics (and the refusal rate on forget questions) per model."""
     head = f"| model ({forget_split}) | " + " | ".join(c for c, _ in COLUMNS) + " |"
     sep = "|---" * (len(COLUMNS) + 1) + "|"
-    body = [f"| {r.label} | " + " | ".join(_fmt(f(r)) for _, f in COLUMNS) + " |" for r in rows]
+    body = [f"| {r.label} | " + " | ".join(fmt(f(r)) for _, f in COLUMNS) + " |" for r in rows]
     return "\n".join([head, sep, *body])

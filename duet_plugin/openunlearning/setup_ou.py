@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 OU_URL = "https://github.com/locuslab/open-unlearning"
@@ -132,7 +132,7 @@ def commit_of(path: Path) -> str | None:
 # -- setting up -----------------------------------------------------------------------------------------------
 
 
-def setup_ou(dest: Path | None = None, source: str | None = None, say=print) -> Path:
+def setup_ou(dest: Path | None = None, source: str | None = None, say: Callable[[str], None] = print) -> Path:
     """Put OU at ``OU_COMMIT`` in ``dest`` (default :func:`default_dir`) from ``source`` (default GitHub), record
     it and return its path. Reuses ``dest`` when it already holds that commit."""
     dest = (dest or default_dir()).expanduser().resolve()
@@ -159,7 +159,7 @@ def setup_ou(dest: Path | None = None, source: str | None = None, say=print) -> 
     return dest
 
 
-def _fetch(dest: Path, source: str, say) -> None:
+def _fetch(dest: Path, source: str, say: Callable[[str], None]) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
@@ -169,7 +169,7 @@ def _fetch(dest: Path, source: str, say) -> None:
             say(f"Copied OpenUnlearning {SHORT} from {local} into {dest} (its files match the commit's)")
         else:
             say(f"Cloning OpenUnlearning {SHORT} from {source} into {dest}")
-            _clone(source, tmp)
+            _clone(str(local) if local.is_dir() else source, tmp)
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp made it private

@@ -1,0 +1,108 @@
+"""Why BiDistill's adversarial stream dominates its objective: the terms at the start of training, and what sets them.
+
+At step 0 the student is the starting model, so every logged ``<stream>_<direction>`` term measures how far the
+unprefixed model is from the prompt-steered teacher at the aligned positions. This script computes those terms with
+the trainer's own loss (``core.bidistill.bidistill_loss``, online teacher) on QA files, per stream, for each
+distance, and next to them what drives a raw-logit distance on a real vocabulary:
+
+* the mean logit level of the teacher's top-K at the aligned position and of the student at the same indices:
+  softmax ignores a shift of every logit, a raw-logit distance does not;
+* the distance after centring both sides (each position's K values minus their mean): what is left is the shape.
+
+    python scripts/bench_bidistill_balance.py --model MODEL_DIR --forget F.json --retain R.json [--boundary B.json]
+
+Prints one markdown table. Framework-free: no OU checkout is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss
+from duet_plugin.core.collate import TeacherStudentCollator, gather_positions
+from duet_plugin.core.converters import convert_qa, prefilled_records
+from duet_plugin.core.duet import stream_targets
+from duet_plugin.core.teacher import PrefixSpec, derive_concepts
+
+
+def _records(args: argparse.Namespace) -> dict[str, list[dict]]:
+    streams = {"forget": convert_qa(args.forget, stream="forget"), "retain": convert_qa(args.retain, stream="retain")}
+    if args.boundary:
+        streams["boundary"] = convert_qa(args.boundary, stream="boundary")
+    streams["adversarial"] = prefilled_records(streams["forget"], args.prefill_words)
+    return {s: [r.to_dict() for r in recs[: args.max_records]] for s, recs in streams.items()}
+
+
+@torch.no_grad()
+def levels(model, batch, targets) -> tuple[float, float, float]:
+    """Mean teacher top-K logit, mean student logit at those indices, and the centred Huber sum per position."""
+    logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
+    at = gather_positions(logits, batch["student_positions"], batch["position_mask"]).float()
+    s = at.gather(-1, targets.indices)
+    t = targets.values.float()
+    centred = torch.nn.functional.huber_loss(s - s.mean(-1, True), t - t.mean(-1, True), reduction="none").sum(-1)
+    return t.mean().item(), s.mean().item(), centred.mean().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--forget", required=True)
+    parser.add_argument("--retain", required=True)
+    parser.add_argument("--boundary")
+    parser.add_argument("--prefix", default="forget_authors")
+    parser.add_argument("--placement", default="auto")
+    parser.add_argument("--prefill-words", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--max-records", type=int, default=16)
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    records = _records(args)
+    spec = PrefixSpec(name=args.prefix)
+    if spec.needs_concepts:
+        forget_texts = [f"{r['prompt']} {r.get('response') or ''}" for r in records["forget"]]
+        spec = spec.with_concepts(derive_concepts(forget_texts, [r["prompt"] for r in records["retain"]]))
+    template = {"apply_chat_template": bool(tokenizer.chat_template)}
+    collator = TeacherStudentCollator(tokenizer, template, spec.render(), args.placement, teacher_prefill=False)
+    streams = {s: collator(recs) for s, recs in records.items()}
+    eos = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    print(f"model {args.model.name}, prefix {args.prefix}: {spec.render()[:80]}...")
+    print(
+        f"records per stream: { {s: len(r) for s, r in records.items()} }; adversarial: forget answers with "
+        f"{args.prefill_words} words prefilled, student aligned after the prefill, teacher at its response start\n"
+    )
+    rows = {}
+    for distance in ("huber", "kl"):
+        cfg = BiDistillConfig(distance=distance, teacher="online")
+        _, parts = bidistill_loss(model, streams, cfg, vocab, collator.pad_id, eos, teacher=model)
+        for key, value in parts.items():
+            rows.setdefault(key, {})[distance] = value
+    cfg = BiDistillConfig(teacher="online")
+    print(
+        "| stream | term | Huber (raw logits, the default) | Huber, logits centred | KL (top-K + tail) "
+        "| teacher top-K mean logit | student mean logit there |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for stream, batch in streams.items():
+        targets, batch = stream_targets(stream, batch, cfg.teacher_config(vocab), collator.pad_id, eos, teacher=model)
+        t_level, s_level, centred = levels(model, batch, targets)
+        for direction in ("pull", "push"):
+            key = f"{stream}_{direction}"
+            if key not in rows:
+                continue
+            cell = f"{centred:.3f}" if direction == "pull" else "-"
+            print(
+                f"| {stream} | {direction} | {rows[key]['huber']:.3f} | {cell} | {rows[key]['kl']:.3f} "
+                f"| {t_level:.2f} | {s_level:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
