@@ -37,12 +37,13 @@ def _records(args: argparse.Namespace) -> dict[str, list[dict]]:
 
 
 @torch.no_grad()
-def levels(model, batch, targets) -> tuple[float, float, float]:
-    """Mean teacher top-K logit, mean student logit at those indices, and the centred Huber sum per position."""
+def levels(model, batch, targets, k: int) -> tuple[float, float, float]:
+    """Mean teacher top-``k`` logit, mean student logit at those indices, and the centred Huber sum per position
+    (online targets hold the whole vocabulary, sorted: the first ``k`` are the pull term's)."""
     logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
     at = gather_positions(logits, batch["student_positions"], batch["position_mask"]).float()
-    s = at.gather(-1, targets.indices)
-    t = targets.values.float()
+    s = at.gather(-1, targets.indices[:, :k])
+    t = targets.values[:, :k].float()
     centred = torch.nn.functional.huber_loss(s - s.mean(-1, True), t - t.mean(-1, True), reduction="none").sum(-1)
     return t.mean().item(), s.mean().item(), centred.mean().item()
 
@@ -92,7 +93,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for stream, batch in streams.items():
         targets, batch = stream_targets(stream, batch, cfg.teacher_config(vocab), collator.pad_id, eos, teacher=model)
-        t_level, s_level, centred = levels(model, batch, targets)
+        t_level, s_level, centred = levels(model, batch, targets, cfg.top_k)
         for direction in ("pull", "push"):
             key = f"{stream}_{direction}"
             if key not in rows:
