@@ -325,6 +325,10 @@ class Bench:
         ]
 
     def model(self) -> Any:
+        if self.args.model:  # a real model (e.g. duet-plugin model smollm2): its own weights and vocabulary
+            from transformers import AutoModelForCausalLM
+
+            return AutoModelForCausalLM.from_pretrained(self.args.model, torch_dtype=torch.float32)
         from duet_plugin.demo.tiny_llama import build_tiny_llama
 
         model = build_tiny_llama(self.tokenizer, hidden_size=self.args.hidden, num_layers=self.args.layers, seed=0)
@@ -610,6 +614,12 @@ def raw(entries: Sequence[Entry]) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ou-root", default=os.environ.get("OU_ROOT"))
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a real model folder (e.g. from `duet-plugin model smollm2`) with its tokenizer, instead of a random "
+        "Llama of --hidden/--layers (the vocabulary scaling runs are then skipped)",
+    )
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument(
@@ -671,14 +681,23 @@ def main() -> None:
     ds = build_dataset(n_authors=40, qa_per_author=5, seed=0)
     rows = {"forget": ds.configs["forget10"], "retain": ds.configs["retain90"]}
     texts = [f"{r['question']} {r['answer']}" for split in ds.configs.values() for r in split]
-    tokenizer = build_tokenizer(texts, vocab_size=args.tokenizer_vocab)
-    vocab = args.vocab or len(tokenizer)
+    if args.model:
+        from transformers import AutoConfig, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        vocab = AutoConfig.from_pretrained(args.model).vocab_size
+        args.vocabs = []
+    else:
+        tokenizer = build_tokenizer(texts, vocab_size=args.tokenizer_vocab)
+        vocab = args.vocab or len(tokenizer)
     scaling_steps = args.scaling_steps or args.steps
     started = time.time()
     header = [
         f"machine: {machine_line(device)}",
         f"at start: {load_line()}",
-        f"model: random Llama, hidden {args.hidden}, {args.layers} layers, vocabulary {vocab} "
+        f"model: {Path(args.model).name}, vocabulary {vocab}"
+        if args.model
+        else f"model: random Llama, hidden {args.hidden}, {args.layers} layers, vocabulary {vocab} "
         f"(tokenizer {len(tokenizer)})",
         f"data: fictitious-author TOFU forget10 ({len(rows['forget'])} QA) / retain90 ({len(rows['retain'])} QA); "
         f"{args.batch_size} forget+retain pairs per step",
