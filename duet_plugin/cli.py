@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         "--full", action="store_const", dest="profile", const="full", help="the longer schedule of earlier releases"
     )
     demo.set_defaults(profile="default")
+    demo.add_argument(
+        "--threads", type=int, help="CPU threads in all (default: the cores this process may use, at most 8)"
+    )
     model = _described(
         sub,
         "model",
@@ -364,31 +367,22 @@ def _setup_ou(args: argparse.Namespace) -> int:
 def _teacher_check(args: argparse.Namespace) -> int:
     """Run ``duet-plugin teacher-check``; returns the exit code."""
     try:
-        checks, concepts, fidelity = _run_teacher_check(args)
+        text = _teacher_check_report(args)
+        print(text)
+        if args.output:
+            args.output.write_text(text + "\n")
+            print(f"Written to {args.output}")
     except (ValueError, OSError) as err:
         print(f"duet-plugin teacher-check: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    from duet_plugin.core.teacher_check import render_fidelity, render_table
-
-    lines = [f"Concepts: {', '.join(concepts)}", "", render_table(checks), ""]
-    if fidelity:
-        lines += [f"Distillation fidelity of {args.student}:", "", render_fidelity(fidelity, args.top_k), ""]
-    for c in checks:
-        lines.append(f"- {c.prefix}: {c.explain()}")
-        for stream, (query, base, teacher) in c.examples.items():
-            lines.append(f"  {stream} example: {query!r}\n    no prefix: {base!r}\n    prefix:    {teacher!r}")
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
-        print(f"Written to {args.output}")
     return 0
 
 
-def _run_teacher_check(args: argparse.Namespace) -> tuple[list, list[str], list]:
+def _teacher_check_report(args: argparse.Namespace) -> str:
+    """Check every prefix (and, with ``--student``, distillation fidelity); the report as markdown."""
     from duet_plugin.core.converters import convert_qa
-    from duet_plugin.core.teacher import PrefixSpec, PromptRenderer, derive_concepts, prefix_library
-    from duet_plugin.core.teacher_check import check_teacher, distillation_fidelity
+    from duet_plugin.core.teacher import PrefixSpec, PromptRenderer, concepts_from_records, prefix_library
+    from duet_plugin.core.teacher_check import check_teacher, distillation_fidelity, render_fidelity, render_table
 
     library = prefix_library()
     names = list(library) if args.prefix == ["all"] else args.prefix
@@ -401,16 +395,21 @@ def _run_teacher_check(args: argparse.Namespace) -> tuple[list, list[str], list]
         raise ValueError("--student needs exactly one --prefix: the one the student was trained with.")
     if args.heldout and not args.student:
         raise ValueError("--heldout goes with --student (held-out queries for distillation fidelity).")
+    records = {s: convert_qa(getattr(args, s), question_key=args.question_key) for s in ("forget", "retain")}
+    # Concepts as the trainers derive them: from every record, questions and answers, before any truncation.
+    concepts = args.concepts or concepts_from_records(records["forget"], records["retain"])
+    prefixes = {n: PrefixSpec(name=n, concepts=tuple(concepts)) for n in names}
+    if not concepts and any(p.needs_concepts for p in prefixes.values()):
+        raise ValueError("No recurring names in the forget data to fill {concepts}: pass --concepts.")
 
-    def queries(path: str) -> list[str]:
-        records = convert_qa(path, question_key=args.question_key, answer_key=None)
-        return [r.prompt for r in records[: args.max_queries]]
+    def queries(rows: list) -> list[str]:
+        return [r.prompt for r in rows[: args.max_queries]]
 
-    streams = {stream: queries(getattr(args, stream)) for stream in ("forget", "retain")}
-    heldout = {f"held-out {Path(path).stem}": queries(path) for path in args.heldout}
-    concepts = args.concepts or derive_concepts(streams["forget"], streams["retain"])
-    if not concepts and any(PrefixSpec(name=n).needs_concepts for n in names):
-        raise ValueError("No recurring names in the forget queries to fill {concepts}: pass --concepts.")
+    streams = {s: queries(rows) for s, rows in records.items()}
+    heldout = {
+        f"held-out {Path(path).stem}": queries(convert_qa(path, question_key=args.question_key))
+        for path in args.heldout
+    }
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -418,34 +417,35 @@ def _run_teacher_check(args: argparse.Namespace) -> tuple[list, list[str], list]
     template = {"apply_chat_template": bool(tokenizer.chat_template), "system_prompt": args.system_prompt}
     renderer = PromptRenderer(tokenizer, template, placement=args.placement)
     base: dict[str, list[str]] = {}
-    checks = []
-    for name in names:
-        spec = PrefixSpec(name=name)
-        text = spec.with_concepts(concepts).render() if spec.needs_concepts else spec.render()
-        checks.append(
-            check_teacher(
-                model,
-                renderer,
-                name,
-                text,
-                streams["forget"],
-                streams["retain"],
-                base,
-                concepts=concepts,
-                max_new_tokens=args.max_new_tokens,
-            )
+    checks = [
+        check_teacher(
+            model,
+            renderer,
+            name,
+            spec.render(),
+            streams["forget"],
+            streams["retain"],
+            base,
+            concepts=concepts,
+            max_new_tokens=args.max_new_tokens,
         )
-    fidelity = []
+        for name, spec in prefixes.items()
+    ]
+    lines = [f"Concepts: {', '.join(concepts)}", "", render_table(checks), ""]
     if args.student:
         student = AutoModelForCausalLM.from_pretrained(args.student).eval()
-        spec = PrefixSpec(name=names[0])
-        text = spec.with_concepts(concepts).render() if spec.needs_concepts else spec.render()
+        text = prefixes[names[0]].render()
         sets = {"trained forget": streams["forget"], "trained retain": streams["retain"], **heldout}
         fidelity = [
             distillation_fidelity(model, student, renderer, text, qs, label, top_k=args.top_k)
             for label, qs in sets.items()
         ]
-    return checks, concepts, fidelity
+        lines += [f"Distillation fidelity of {args.student}:", "", render_fidelity(fidelity, args.top_k), ""]
+    for c in checks:
+        lines.append(f"- {c.prefix}: {c.explain()}")
+        for stream, (query, base_answer, teacher) in c.examples.items():
+            lines.append(f"  {stream} example: {query!r}\n    no prefix: {base_answer!r}\n    prefix:    {teacher!r}")
+    return "\n".join(lines)
 
 
 def _model(args: argparse.Namespace) -> int:
@@ -465,6 +465,9 @@ def _model(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import os
 
+    if args.threads is not None and args.threads < 1:
+        print("duet-plugin demo: --threads must be at least 1.", file=sys.stderr)
+        return 2
     from duet_plugin.demo.pipeline import Demo, DemoSettings, DemoStepFailed
     from duet_plugin.openunlearning.launcher import OURootNotFound, find_ou_root
     from duet_plugin.openunlearning.setup_ou import SetupError, default_dir, setup_ou
@@ -477,9 +480,8 @@ def _demo(args: argparse.Namespace) -> int:
                 raise  # a wrong explicit choice is reported, not replaced
             print(f"No OpenUnlearning checkout found: setting one up in {default_dir()} (duet-plugin setup-ou)")
             root = setup_ou()
-        Demo(
-            args.workdir, ou_root=root, settings=DemoSettings.profile_settings(args.profile), overwrite=args.overwrite
-        ).run()
+        settings = DemoSettings.profile_settings(args.profile)
+        Demo(args.workdir, ou_root=root, settings=settings, overwrite=args.overwrite, threads=args.threads).run()
     except (OURootNotFound, SetupError, FileExistsError, DemoStepFailed) as err:
         print(f"duet-plugin demo: {err}", file=sys.stderr)
         return 1

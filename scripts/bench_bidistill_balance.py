@@ -25,15 +25,17 @@ from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss
 from duet_plugin.core.collate import TeacherStudentCollator, gather_positions
 from duet_plugin.core.converters import convert_qa, prefilled_records
 from duet_plugin.core.duet import stream_targets
-from duet_plugin.core.teacher import PrefixSpec, derive_concepts
+from duet_plugin.core.teacher import PrefixSpec, concepts_from_records
 
 
-def _records(args: argparse.Namespace) -> dict[str, list[dict]]:
+def _records(args: argparse.Namespace) -> dict[str, list]:
+    """The streams' records; the adversarial ones prefill the same (truncated) forget questions."""
     streams = {"forget": convert_qa(args.forget, stream="forget"), "retain": convert_qa(args.retain, stream="retain")}
     if args.boundary:
         streams["boundary"] = convert_qa(args.boundary, stream="boundary")
+    streams = {s: recs[: args.max_records] for s, recs in streams.items()}
     streams["adversarial"] = prefilled_records(streams["forget"], args.prefill_words)
-    return {s: [r.to_dict() for r in recs[: args.max_records]] for s, recs in streams.items()}
+    return streams
 
 
 @torch.no_grad()
@@ -57,7 +59,7 @@ def main() -> None:
     parser.add_argument("--prefix", default="forget_authors")
     parser.add_argument("--placement", default="auto")
     parser.add_argument("--prefill-words", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--max-records", type=int, default=16)
+    parser.add_argument("--max-records", type=int, default=16, help="per stream; adversarial: 2 per forget record")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,13 +67,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     records = _records(args)
-    spec = PrefixSpec(name=args.prefix)
-    if spec.needs_concepts:
-        forget_texts = [f"{r['prompt']} {r.get('response') or ''}" for r in records["forget"]]
-        spec = spec.with_concepts(derive_concepts(forget_texts, [r["prompt"] for r in records["retain"]]))
+    spec = PrefixSpec(name=args.prefix, concepts=tuple(concepts_from_records(records["forget"], records["retain"])))
     template = {"apply_chat_template": bool(tokenizer.chat_template)}
     collator = TeacherStudentCollator(tokenizer, template, spec.render(), args.placement, teacher_prefill=False)
-    streams = {s: collator(recs) for s, recs in records.items()}
+    streams = {s: collator([r.to_dict() for r in recs]) for s, recs in records.items()}
     eos = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
     vocab = model.get_output_embeddings().weight.shape[0]
     print(f"model {args.model.name}, prefix {args.prefix}: {spec.render()[:80]}...")

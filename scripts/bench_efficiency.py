@@ -684,6 +684,8 @@ def main() -> None:
     if args.model:
         from transformers import AutoConfig, AutoTokenizer
 
+        if args.vocab is not None:
+            parser.error("--vocab resizes the random Llama; a --model keeps its own vocabulary")
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         vocab = AutoConfig.from_pretrained(args.model).vocab_size
         args.vocabs = []

@@ -13,6 +13,7 @@ model seeing the bare query. Prompts are rendered exactly as OpenUnlearning rend
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -348,19 +349,40 @@ def derive_concepts(
     forget_texts, retain_texts = list(forget_texts), list(retain_texts)
     # Words written in lower case somewhere are common words, even where a sentence capitalises them.
     common = frozenset(w for t in (*forget_texts, *retain_texts) for w in _TOKEN.findall(t or "") if w.islower())
-    parsed = [name_runs(text, common) for text in forget_texts]
-    candidates = {run for runs, _ in parsed for run in runs}
-    retain_blob = "\n".join(retain_texts)
-    candidates = {c for c in candidates if c not in retain_blob}
-
-    def count(name: str) -> int:
-        surname = name.split()[-1]
-        return sum(name in runs or surname in words for runs, words in parsed)
-
-    counts = {c: count(c) for c in candidates}
+    # Which texts hold each run and each capitalised word (a surname mention counts for the full name).
+    by_run: dict[str, set[int]] = defaultdict(set)
+    by_word: dict[str, set[int]] = defaultdict(set)
+    for i, text in enumerate(forget_texts):
+        runs, words = name_runs(text, common)
+        for run in runs:
+            by_run[run].add(i)
+        for word in words:
+            by_word[word].add(i)
+    counts = {run: len(texts | by_word.get(run.split()[-1], set())) for run, texts in by_run.items()}
+    retain_blob = "\n".join(retain_texts)  # searched only for the names that recur
+    counts = {c: n for c, n in counts.items() if n >= min_count and c not in retain_blob}
     # The longest form of a name: drop a candidate inside a longer, nearly as frequent one ("Nkemdirim Okafor").
     kept = [n for n in counts if not any(n != m and n in m and counts[m] * 2 >= counts[n] for m in counts)]
     top = max((counts[n] for n in kept), default=0)
     kept = [n for n in kept if counts[n] >= max(min_count, min_share * top)]
     kept.sort(key=lambda n: (-counts[n], n))
     return kept[:max_concepts]
+
+
+def concepts_from_records(forget: Iterable[Any], retain: Iterable[Any] = ()) -> list[str]:
+    """What the teacher is told to forget, from unified records (objects or dicts with ``prompt``, ``response``,
+    ``concept``): the forget records' ``concept`` tags when they have any, else :func:`derive_concepts` over the
+    questions and answers of all the forget records against the retain records'."""
+
+    def get(record: Any, key: str) -> Any:
+        return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
+
+    forget = list(forget)
+    tagged = sorted({get(r, "concept") for r in forget if get(r, "concept")})
+    if tagged:
+        return tagged
+
+    def texts(records: Iterable[Any]) -> list[str]:
+        return [f"{get(r, 'prompt')} {get(r, 'response') or ''}" for r in records]
+
+    return derive_concepts(texts(forget), texts(retain))

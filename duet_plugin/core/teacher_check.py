@@ -12,6 +12,7 @@ the starting model and to the student, the share of that gap the student closed,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,8 @@ class TeacherCheck:
     base_retain_refusal: float
     teacher_retain_refusal: float
     retain_agreement: float  # share of retain queries whose prefixed answer starts like the unprefixed one
-    # Among forget queries that do not name a concept, the share of answers that do (None: every query names one)
+    # Among forget queries that do not name a concept (in full or by its last word), the share of answers that do
+    # (None: every query names one)
     base_forget_mentions: float | None = None
     teacher_forget_mentions: float | None = None
     examples: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # stream -> (query, base, teacher)
@@ -75,6 +77,13 @@ class TeacherCheck:
             "inverted": f"inverted: the prefix raises retain refusals ({r}) at least as much as forget ones ({f})",
             "inert": f"inert: the prefix barely changes refusals (forget {f}, retain {r})",
         }[self.verdict] + leak
+
+
+def names_a_concept(text: str, concepts: Sequence[str]) -> bool:
+    """Whether ``text`` names one of ``concepts``, in full or by its last word ("Okafor's novels")."""
+    words = set(re.findall(r"[\w\-]+", normalize(text)))
+    head = normalize(text)
+    return any(normalize(c) in head or normalize(c).split()[-1] in words for c in concepts if c.strip())
 
 
 def _starts_alike(a: str, b: str, words: int = 6) -> bool:
@@ -139,13 +148,12 @@ def check_teacher(
     def rate(texts: list[str]) -> float:
         return sum(map(is_refusal, texts)) / len(texts)
 
-    names = [normalize(c) for c in concepts]
-    unnamed = [i for i, q in enumerate(forget) if not any(n in normalize(q) for n in names)]
+    unnamed = [i for i, q in enumerate(forget) if not names_a_concept(q, concepts)]
 
     def mentions(texts: list[str]) -> float | None:
-        if not names or not unnamed:
+        if not concepts or not unnamed:
             return None
-        return sum(any(n in normalize(texts[i]) for n in names) for i in unnamed) / len(unnamed)
+        return sum(names_a_concept(texts[i], concepts) for i in unnamed) / len(unnamed)
 
     agree = sum(map(_starts_alike, base["retain"], teacher["retain"])) / len(retain)
     examples = {}

@@ -52,7 +52,7 @@ HOW_TO_READ = """How to read the columns (OU's TOFU metrics; retain and utility 
 - forget ROUGE: overlap of the generated answer with the true one; lower = less is said.
 - forget refusals: share of forget answers that are the refusal; higher = refuses instead of answering.
 - forget_quality: OU's KS-test p-value against the retain-only model; higher = closer to never having seen the
-  forget set (with 10 forget questions it barely separates models).
+  forget set (with few forget questions, as here, it barely separates models).
 - retain Prob / retain ROUGE / model_utility: knowledge that must stay; higher = better."""
 PROFILES = ("quick", "default", "full")
 QUICK_NOTE = (
@@ -79,12 +79,12 @@ class DemoSettings:
     n_instruction_rows: int = 4000
     fact_repeats: int = 3
     paraphrase_repeats: int = 1
-    finetune_steps: int = 1200
-    finetune_lr: float = 3e-3
+    finetune_steps: int = 600
+    finetune_lr: float = 8e-3
     finetune_batch_size: int = 32
     #: Steps of the retain-only reference; None: as many epochs over its facts as the full fine-tune's.
-    retain_finetune_steps: int | None = None
-    profile: str = "custom"
+    retain_finetune_steps: int | None = 300
+    profile: str = "default"
     unlearn_epochs: int = 10
     unlearn_lr: float = 1e-3
     unlearn_batch_size: int = 8
@@ -101,31 +101,49 @@ class DemoSettings:
         runs, too short for the model to learn the facts (its numbers mean nothing); ``full``: the schedule of earlier
         releases, 1,200 steps at lr 3e-3. docs/demo.md has what each gives."""
         if profile == "full":
-            return cls(profile=profile)
+            return cls(finetune_steps=1200, finetune_lr=3e-3, retain_finetune_steps=None, profile=profile)
         if profile == "default":
-            return cls(finetune_steps=600, finetune_lr=8e-3, retain_finetune_steps=300, profile=profile)
+            return cls()
         if profile == "quick":
             return cls(finetune_steps=150, finetune_lr=1e-2, retain_finetune_steps=50, profile=profile)
         raise ValueError(f"Unknown demo profile {profile!r}; use one of {', '.join(PROFILES)}.")
 
 
+#: More threads than this do not speed up OU jobs on the demo's 0.9 M-parameter model.
+MAX_THREADS = 8
+
+
 def available_cores() -> int:
-    """CPU cores this process may run on."""
+    """CPU cores this process may use: its affinity, capped by a cgroup CPU quota (containers), at most
+    ``MAX_THREADS``."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(cores, MAX_THREADS))
 
 
-def _pump(stream: IO[bytes], log: IO[str], job: JobProgress) -> None:
+def _pump(stream: IO[bytes], log: IO[str], job: JobProgress, errors: list[BaseException]) -> None:
     """Copy a job's output to its log and feed its progress as it comes: ``os.read`` returns what the pipe holds
-    (a buffered ``read(n)`` would wait for ``n`` bytes, and a quiet job's log would stay empty)."""
+    (a buffered ``read(n)`` would wait for ``n`` bytes, and a quiet job's log would stay empty). If writing the log
+    fails (a full disk), the error is kept for the caller and the pipe is still drained, so the job cannot block on
+    it."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while raw := os.read(stream.fileno(), 65536):
-        text = decoder.decode(raw)
-        log.write(text)
-        job.feed(text)
-    log.write(decoder.decode(b"", final=True))
+        if errors:
+            continue
+        try:
+            text = decoder.decode(raw)
+            log.write(text)
+            job.feed(text)
+        except Exception as err:  # reported by the caller, after the job ends
+            errors.append(err)
 
 
 @dataclass
@@ -166,8 +184,9 @@ class Demo:
         self.threads = threads or available_cores()
         self.progress_interval = 10.0  # seconds between two progress lines of a running OU job
         self.n_jobs = 9  # OU runs the whole demo makes (shown as "[3/9 OU runs]"); 0: not counted
-        self._metric_counts: dict[str, int] = {}  # "Evaluating" lines of a finished evaluation, for the next ETA
+        self._eval_metrics: int | None = None  # "Evaluating" lines of a finished evaluation, for the next ETA
         self._lock = threading.Lock()
+        self._abort = threading.Event()  # set when the demo stops: running OU jobs are killed
         self._t0 = time.monotonic()
         self._done = itertools.count(1)
 
@@ -208,28 +227,38 @@ class Demo:
             # One datasets cache per data folder: the teacher view reuses the plain view's config names.
             "HF_DATASETS_CACHE": str((cwd or self.workdir) / ".hf_datasets_cache"),
         }
-        job = JobProgress(name, steps=script == "train", metrics_total=self._metric_counts.get(script))
+        job = JobProgress(name, steps=script == "train", metrics_total=self._eval_metrics if script == "eval" else None)
         self.say(f"      {name}: started on {threads} thread{'s' * (threads > 1)} (t={self.elapsed():.0f}s)")
-        with log_path.open("w", buffering=1) as log:  # line-buffered: `tail -f` shows the run as it goes
-            log.write(" ".join(cmd) + "\n\n")
-            proc = subprocess.Popen(
+        errors: list[BaseException] = []
+        with (
+            log_path.open("w", buffering=1) as log,  # line-buffered: `tail -f` shows the run as it goes
+            subprocess.Popen(
                 cmd, cwd=cwd or self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-            assert proc.stdout is not None
-            reader = threading.Thread(target=_pump, args=(proc.stdout, log, job), daemon=True)
-            reader.start()
-            shown = time.monotonic()
-            while reader.is_alive():
-                reader.join(timeout=0.5)
-                if reader.is_alive() and time.monotonic() - shown >= self.progress_interval:
-                    shown = time.monotonic()
-                    self.say(f"      {job.line(shown)}")
-            rc = proc.wait()
+            ) as proc,
+        ):
+            log.write(" ".join(cmd) + "\n\n")
+            try:
+                reader = threading.Thread(target=_pump, args=(proc.stdout, log, job, errors), daemon=True)
+                reader.start()
+                shown = time.monotonic()
+                while reader.is_alive():
+                    reader.join(timeout=0.5)
+                    if self._abort.is_set():
+                        proc.kill()
+                    if reader.is_alive() and time.monotonic() - shown >= self.progress_interval:
+                        shown = time.monotonic()
+                        self.say(f"      {job.line(shown)}")
+                rc = proc.wait()
+            finally:
+                if proc.poll() is None:  # interrupted (Ctrl-C) or a failure here: the OU run goes too
+                    proc.kill()
+        if errors:
+            raise DemoStepFailed(f"{name}: reading its output failed ({errors[0]}); log so far: {log_path}")
         if rc != 0:
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
             raise DemoStepFailed(f"{name} failed (exit {rc}); full log: {log_path}\n{tail}")
-        if script == "eval" and job.metrics_done:
-            self._metric_counts[script] = max(job.metrics_done, self._metric_counts.get(script, 0))
+        if script == "eval":
+            self._eval_metrics = max(job.metrics_done, self._eval_metrics or 0) or None
         n_done = next(self._done)
         of = f"/{self.n_jobs}" if self.n_jobs else ""
         self.say(
@@ -271,7 +300,8 @@ class Demo:
             f"[2/3] Retain-only reference, DUET and GradDiff unlearning, OU's TOFU evaluation of five models "
             f"(two OU runs at a time, {half} thread{'s' * (half > 1)} each)"
         )
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        pool = ThreadPoolExecutor(max_workers=2)
+        try:
             # Submitted in dependency order: a job only waits for jobs submitted before it, so two workers suffice.
             retain = pool.submit(self.finetune, "demo_retain", init, retain_steps, half)
             duet = pool.submit(self.unlearn, "duet", full, data, half)
@@ -299,47 +329,41 @@ class Demo:
                 (RETAIN, retain_logs),
             ]
             rows = [self.row(label, future.result()) for label, future in results]
+        except BaseException:
+            # A failed job or Ctrl-C: start nothing more, and stop the OU run still going in the other worker.
+            self._abort.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
         self.say("[3/3] Writing the table and the forget-vs-utility plot")
         return self.write_results(rows, data.prefix)
 
     def write_results(self, rows: list[ModelRow], prefix: str) -> Path:
-        """Print and write the table (with how to read it) and the Pareto plot through ``duet-plugin report``."""
+        """Print and write the table (with how to read it), then the Pareto plot through ``duet-plugin report``; a
+        plot that fails costs the plot only."""
         s = self.settings
         table = render_table(rows, s.forget_split)
-        written = [self.workdir / "demo_results.md"]
-        plot_note = ""
+        wall = self.elapsed()
+        parts = [table, headline(rows), QUICK_NOTE if s.profile == "quick" else "", HOW_TO_READ]
+        results = self.workdir / "demo_results.md"
+        head = [f"# duet-plugin demo ({s.profile})", f"Teacher prefix: {prefix}"]
+        tail = [f"Total wall time: {wall:.0f}s on {self.threads} threads."]
+        results.write_text("\n\n".join(p for p in (*head, *parts, *tail) if p) + "\n")
+        written = [results]
         try:
             written += self.plot(rows)
         except ImportError:
-            plot_note = "The plot needs matplotlib: pip install matplotlib."
-        wall = self.elapsed()
-        text = "\n\n".join(
-            part
-            for part in (
-                f"# duet-plugin demo ({s.profile})",
-                f"Teacher prefix: {prefix}",
-                table,
-                headline(rows),
-                QUICK_NOTE if s.profile == "quick" else "",
-                HOW_TO_READ,
-                f"Total wall time: {wall:.0f}s on {self.threads} threads.",
-            )
-            if part
-        )
-        written[0].write_text(text + "\n")
-        self.say("")
-        self.say(table)
-        self.say("")
-        self.say(headline(rows))
-        if s.profile == "quick":
-            self.say(QUICK_NOTE)
-        self.say(HOW_TO_READ)
-        if plot_note:
-            self.say(plot_note)
+            parts.append("The plot needs matplotlib: pip install matplotlib.")
+        except Exception as err:  # the table is written; the plot is extra
+            parts.append(f"The plot failed ({err}); the table above is complete.")
+        for part in parts:
+            if part:
+                self.say("")
+                self.say(part)
         self.say(f"\nTotal wall time: {wall:.0f}s. Written:")
         for path in written:
             self.say(f"  {path}")
-        return written[0]
+        return results
 
     def plot(self, rows: list[ModelRow]) -> list[Path]:
         """forget ROUGE against model utility for every model (``duet-plugin report``'s Pareto plot)."""

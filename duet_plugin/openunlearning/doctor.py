@@ -94,8 +94,7 @@ def check_ou(ou_root: str | None) -> list[Check]:
     try:
         root = find_ou_root(ou_root)
     except OURootNotFound as err:
-        problem, _, fix = str(err).partition(". ")
-        return [Check("OpenUnlearning", "fail", problem, fix.rstrip("."))]
+        return [Check("OpenUnlearning", "fail", err.problem, err.fix.rstrip("."))]
     checks = [Check("OpenUnlearning", "ok", str(root))]
     try:
         commit = (commit_of(root) or "")[:7]

@@ -25,7 +25,11 @@ SCRIPTS = {"train": "train.py", "eval": "eval.py"}
 
 
 class OURootNotFound(FileNotFoundError):
-    """No OpenUnlearning checkout where we looked."""
+    """No OpenUnlearning checkout where we looked: ``problem`` says what, ``fix`` what to do."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}. {fix}")
+        self.problem, self.fix = problem, fix
 
 
 class LaunchError(ValueError):
@@ -51,26 +55,28 @@ def find_ou_root(explicit: str | os.PathLike[str] | None = None) -> Path:
             if is_ou_root(path):
                 return path
             raise OURootNotFound(
-                f"{label}={path} is not an OpenUnlearning checkout ({missing}). Point {label} at the folder that "
-                "holds OU's src/ and configs/, or run `duet-plugin setup-ou` and leave it unset."
+                f"{label}={path} is not an OpenUnlearning checkout ({missing})",
+                f"Point {label} at the folder that holds OU's src/ and configs/, or run `duet-plugin setup-ou` "
+                "and leave it unset.",
             )
     if is_ou_root(Path.cwd()):
         return Path.cwd().resolve()
     try:
         recorded = recorded_ou_root()
     except SetupError as err:
-        raise OURootNotFound(str(err)) from err
+        raise OURootNotFound(str(err).rstrip("."), "Delete that file and run `duet-plugin setup-ou` again.") from err
     if recorded is not None:
         if is_ou_root(recorded):
-            return recorded
+            return recorded.resolve()
         raise OURootNotFound(
-            f"The OpenUnlearning checkout recorded in {config_file()} ({recorded}) is gone or incomplete ({missing}). "
-            "Run `duet-plugin setup-ou` again, or pass --ou-root PATH."
+            f"The OpenUnlearning checkout recorded in {config_file()} ({recorded}) is gone or incomplete ({missing})",
+            "Run `duet-plugin setup-ou` again, or pass --ou-root PATH.",
         )
     raise OURootNotFound(
         "No OpenUnlearning checkout found (no --ou-root, no OU_ROOT, none recorded, and the current directory is "
-        "not one). Run `duet-plugin setup-ou` to fetch it (--from PATH for a local clone or mirror), or pass "
-        "--ou-root PATH / set OU_ROOT."
+        "not one)",
+        "Run `duet-plugin setup-ou` to fetch it (--from PATH for a local clone or mirror), or pass --ou-root PATH / "
+        "set OU_ROOT.",
     )
 
 
@@ -116,12 +122,14 @@ def preflight(root: Path, overrides: Sequence[str], cwd: Path | None = None) -> 
     """Catch what would fail only after OU's imports and model loading: an experiment that does not exist (answered
     with the closest names), a local model or teacher folder that does not exist."""
     cwd = cwd or Path.cwd()
+    # An experiment from the user's own config folders (hydra.searchpath) is for Hydra to find.
+    own_configs = any((_override(a) or ("", ""))[0] == "hydra.searchpath" for a in overrides)
     for arg in overrides:
         parsed = _override(arg)
         if parsed is None:
             continue
         key, value = parsed
-        if key == "experiment":
+        if key == "experiment" and not own_configs:
             known = experiments(root)
             name = value.removesuffix(".yaml")
             if name not in known:

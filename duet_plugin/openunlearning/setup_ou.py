@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -48,10 +49,14 @@ def config_file() -> Path:
     return base / "duet-plugin" / "config.json"
 
 
+def cache_root() -> Path:
+    """duet-plugin's cache folder: ``$XDG_CACHE_HOME/duet-plugin`` (``~/.cache`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duet-plugin"
+
+
 def default_dir() -> Path:
-    """Where ``setup-ou`` (and ``demo``, when it finds no framework) puts OU: ``$XDG_CACHE_HOME/duet-plugin/...``."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "duet-plugin" / f"open-unlearning-{SHORT}"
+    """Where ``setup-ou`` (and ``demo``, when it finds no framework) puts OU."""
+    return cache_root() / f"open-unlearning-{SHORT}"
 
 
 def recorded_ou_root() -> Path | None:
@@ -61,7 +66,7 @@ def recorded_ou_root() -> Path | None:
         value = json.loads(path.read_text()).get("ou_root")
     except FileNotFoundError:
         return None
-    except (ValueError, AttributeError) as err:
+    except (ValueError, AttributeError) as err:  # not JSON, or JSON but not an object
         raise SetupError(f"{path} is not a duet-plugin config file ({err}); delete it and rerun setup-ou.") from err
     return Path(value) if value else None
 
@@ -75,6 +80,7 @@ def record_ou_root(root: Path) -> Path:
             data = json.loads(path.read_text())
         except ValueError:
             data = {}
+        data = data if isinstance(data, dict) else {}
     data["ou_root"] = str(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -86,9 +92,23 @@ def record_ou_root(root: Path) -> Path:
 # -- identifying a checkout -----------------------------------------------------------------------------------
 
 
-def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+#: For the read-only queries that identify a checkout: no user or system git configuration (line-ending
+#: conversion, global excludes) and no ownership check of shared checkouts, so the same files give the same answer
+#: everywhere. Cloning keeps the user's configuration (proxies, credentials).
+_QUERY_ENV = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def _git(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, query: bool = False
+) -> subprocess.CompletedProcess:
+    prefix = ["-c", "safe.directory=*"] if query else []
     return subprocess.run(
-        ["git", *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False
+        ["git", *prefix, *args],
+        cwd=cwd,
+        env={**os.environ, **(_QUERY_ENV if query else {}), **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -107,10 +127,10 @@ def _indexed(path: Path) -> Iterator[tuple[dict[str, str], str | None]]:
     with tempfile.TemporaryDirectory(prefix="duet-plugin-tree-") as tmp:
         env = {"GIT_DIR": str(Path(tmp) / ".git"), "GIT_WORK_TREE": str(path)}
         ok = (
-            _git("init", "--quiet", tmp).returncode == 0
-            and _git("add", "--all", ".", cwd=path, env=env).returncode == 0
+            _git("init", "--quiet", tmp, query=True).returncode == 0
+            and _git("add", "--all", ".", cwd=path, env=env, query=True).returncode == 0
         )
-        proc = _git("write-tree", cwd=path, env=env) if ok else None
+        proc = _git("write-tree", cwd=path, env=env, query=True) if ok else None
         yield env, (proc.stdout.strip() if proc is not None and proc.returncode == 0 else None)
 
 
@@ -124,8 +144,9 @@ def commit_of(path: Path) -> str | None:
     """``OU_COMMIT`` when ``path`` holds it (a git checkout at it, or an exported copy of its tree), else the
     checkout's commit id, else None."""
     if (path / ".git").exists():
-        proc = _git("rev-parse", "HEAD", cwd=path)
-        return proc.stdout.strip() if proc.returncode == 0 else None
+        proc = _git("rev-parse", "HEAD", cwd=path, query=True)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
     return OU_COMMIT if tree_of(path) == OU_TREE else None
 
 
@@ -146,7 +167,7 @@ def setup_ou(dest: Path | None = None, source: str | None = None, say: Callable[
             )
         commit = commit_of(dest)
         if commit != OU_COMMIT:
-            fix = f"`git -C {dest} checkout {SHORT}`" if (dest / ".git").exists() else "a fresh copy"
+            fix = f"`git -C {shlex.quote(str(dest))} checkout {SHORT}`" if (dest / ".git").exists() else "a fresh copy"
             raise SetupError(
                 f"{dest} holds OpenUnlearning at {commit[:7] if commit else 'an unknown commit'}, not {SHORT}, the "
                 f"commit duet-plugin is tested with. Use {fix}, or choose another --dir (nothing was changed)."
@@ -160,8 +181,11 @@ def setup_ou(dest: Path | None = None, source: str | None = None, say: Callable[
 
 
 def _fetch(dest: Path, source: str, say: Callable[[str], None]) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    except OSError as err:
+        raise SetupError(f"cannot write next to {dest} ({err}); choose a --dir you can write to.") from err
     try:
         local = Path(source).expanduser()
         if local.is_dir() and not _is_git_repo(local):
@@ -173,9 +197,12 @@ def _fetch(dest: Path, source: str, say: Callable[[str], None]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp made it private
-        if dest.is_dir():
-            dest.rmdir()  # empty (checked by the caller)
-        tmp.rename(dest)
+        try:
+            if dest.is_dir():
+                dest.rmdir()  # empty (checked by the caller)
+            tmp.rename(dest)
+        except OSError as err:  # something appeared in dest meanwhile
+            raise SetupError(f"cannot move the checkout into {dest} ({err}); nothing of yours was changed.") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -200,7 +227,7 @@ def _copy_tree(src: Path, tmp: Path) -> None:
                 f"{(tree or '?')[:12]}, expected {OU_TREE[:12]}); pass --from a clone or mirror that has commit "
                 f"{SHORT}."
             )
-        proc = _git("checkout-index", "--all", f"--prefix={tmp}/", cwd=src, env=env)
+        proc = _git("checkout-index", "--all", f"--prefix={tmp}/", cwd=src, env=env, query=True)
         if proc.returncode != 0:
             raise SetupError(f"copying {src} failed: {proc.stderr.strip()}")
 

@@ -78,8 +78,10 @@ def test_a_misspelled_experiment_is_answered_with_the_closest_names(tmp_path) ->
         preflight(root, ["--config-name=unlearn.yaml", "experiment=unlearn/tofu/duett"])
     with pytest.raises(LaunchError, match=r"Closest: .*unlearn/tofu/default"):
         preflight(root, ["experiment=unlearn/tofu/defualt"])
-    # OU's own experiments and the plugin's (unlearn/tofu/duet) pass
+    # OU's own experiments and the plugin's (unlearn/tofu/duet) pass, and so does one from the user's own config
+    # folders, which only Hydra can see
     preflight(root, ["experiment=unlearn/tofu/default", "+experiment=unlearn/tofu/duet.yaml"])
+    preflight(root, ["hydra.searchpath=[file:///my/configs]", "experiment=mine/special"])
 
 
 def test_a_missing_model_folder_is_caught_before_ou_starts(tmp_path, monkeypatch, capsys) -> None:

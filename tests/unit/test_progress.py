@@ -47,3 +47,15 @@ def test_evaluation_bars_are_not_steps_and_metrics_are_counted() -> None:
     unknown = JobProgress("eval_retain", steps=False, started=0.0)
     unknown.feed("Evaluating privleak\n")
     assert unknown.line(now=5.0) == "eval_retain: metric 1 (privleak) [00:05]"
+
+
+@pytest.mark.parametrize("chunk_size", [3, 5, 17, 10_000])
+def test_evaluating_lines_survive_any_chunking(chunk_size: int) -> None:
+    text = "".join(
+        f"[metrics][INFO] - Evaluating {m}\r100%|#| 1/1 [00:00<00:00, 3.1it/s]\n"
+        for m in ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
+    )
+    job = JobProgress("eval", steps=False, started=0.0)
+    for i in range(0, len(text), chunk_size):
+        job.feed(text[i : i + chunk_size])
+    assert (job.metrics_done, job.metric, job.total) == (3, "model_utility", 0)

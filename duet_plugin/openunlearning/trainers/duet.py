@@ -31,7 +31,7 @@ from duet_plugin.core.lora import (
     zero3_requested,
 )
 from duet_plugin.core.losses import validate_top_k
-from duet_plugin.core.teacher import PrefixSpec, derive_concepts
+from duet_plugin.core.teacher import PrefixSpec, concepts_from_records
 from duet_plugin.openunlearning.collators import DUETCollator
 from duet_plugin.openunlearning.datasets import stream_datasets, unified_train_dataset
 from duet_plugin.openunlearning.trainers.lora_saving import LoRASaving
@@ -130,7 +130,8 @@ class DUET(LoRASaving, UnlearnTrainer):
                 raise ValueError("The forget set has no queries: check data.forget (its hf_args and question_key).")
             needs = [p for p in (spec, *member_prefixes) if p is not None and p.needs_concepts and not p.concepts]
             if needs:
-                concepts = self._concepts_from_data(streams)
+                retain = streams["retain"].records if streams.get("retain") is not None else []
+                concepts = concepts_from_records(streams["forget"].records, retain)
                 logger.info(
                     "DUET: concepts derived from the forget data (%d records): %s; set "
                     "trainer.method_args.prefix.concepts to give them yourself",
@@ -172,16 +173,6 @@ class DUET(LoRASaving, UnlearnTrainer):
         if self.duet.teacher == "online":
             self.teacher_model = self._teacher(online=True)
         self._duet_logs: dict[str, list[float]] = defaultdict(list)
-
-    @staticmethod
-    def _concepts_from_data(streams: Mapping[str, Any]) -> list[str]:
-        forget = streams["forget"].records
-        tagged = sorted({r.concept for r in forget if r.concept})
-        if tagged:
-            return tagged
-        retain = streams["retain"].records if streams.get("retain") is not None else []
-        texts = [f"{r.prompt} {r.response or ''}" for r in forget]
-        return derive_concepts(texts, [f"{r.prompt} {r.response or ''}" for r in retain])
 
     # -- teacher -------------------------------------------------------------------------------------------
     @property
