@@ -166,3 +166,31 @@ def test_evaluation_recomputes_metrics_in_a_reused_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(demo, "ou", lambda name, script, args, cwd=None, threads=1: calls.append(args))
     demo.evaluate("eval_x", tmp_path / "model", tmp_path / "model" / "evals", None)
     assert "eval.tofu.overwrite=true" in calls[0]
+
+
+def test_a_stopping_demo_kills_the_running_ou_job(tmp_path) -> None:
+    """When one job fails or the user presses Ctrl-C, the OU run still going in the other worker is stopped."""
+    import io
+    import threading
+    import time
+
+    from duet_plugin.demo.pipeline import DemoStepFailed
+
+    ou = _stub_ou(tmp_path / "ou", "import time\nprint('working', flush=True)\ntime.sleep(60)\n")
+    demo = Demo(tmp_path / "run", ou_root=ou, out=io.StringIO())
+    failures = []
+
+    def job() -> None:
+        try:
+            demo.ou("slow", "train", [])
+        except DemoStepFailed as err:
+            failures.append(err)
+
+    worker = threading.Thread(target=job)
+    started = time.monotonic()
+    worker.start()
+    time.sleep(1.0)
+    demo._abort.set()
+    worker.join(timeout=20)
+    assert not worker.is_alive() and time.monotonic() - started < 20
+    assert failures and "slow failed" in str(failures[0])
