@@ -24,7 +24,7 @@ import torch
 from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss
 from duet_plugin.core.collate import TeacherStudentCollator, gather_positions
 from duet_plugin.core.converters import convert_qa, prefilled_records
-from duet_plugin.core.duet import stream_targets
+from duet_plugin.core.duet import eos_ids, stream_targets
 from duet_plugin.core.teacher import PrefixSpec, concepts_from_records
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     template = {"apply_chat_template": bool(tokenizer.chat_template)}
     collator = TeacherStudentCollator(tokenizer, template, spec.render(), args.placement, teacher_prefill=False)
     streams = {s: collator([r.to_dict() for r in recs]) for s, recs in records.items()}
-    eos = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
+    eos = eos_ids(tokenizer)
     vocab = model.get_output_embeddings().weight.shape[0]
     print(f"model {args.model.name}, prefix {args.prefix}: {spec.render()[:80]}...")
     print(

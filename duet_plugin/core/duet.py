@@ -77,6 +77,12 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def eos_ids(tokenizer: Any) -> list[int]:
+    """The tokenizer's end-of-sequence id(s), where greedy continuations stop."""
+    eos = tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
 @torch.no_grad()
 def greedy_continuations(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, eos_ids: Sequence[int]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from duet_plugin.core.attacks.refusal import is_refusal, normalize
-from duet_plugin.core.duet import greedy_continuations
+from duet_plugin.core.duet import eos_ids, greedy_continuations
 from duet_plugin.core.losses import select_topk, topk_tail_kl
 from duet_plugin.core.teacher import PromptRenderer
 
@@ -114,7 +114,7 @@ def answers(
 ) -> list[str]:
     """Greedy answers to ``queries`` (with ``prefix`` in front, as DUET's teacher sees them)."""
     tokenizer = renderer.tokenizer
-    eos = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
+    eos = eos_ids(tokenizer)
     out = []
     for start in range(0, len(queries), batch_size):
         ids, mask = _right_padded(model, renderer, queries[start : start + batch_size], prefix)

@@ -20,7 +20,7 @@ from trainer.unlearn.base import UnlearnTrainer
 from trainer.unlearn.grad_diff import GradDiff
 from transformers import Trainer
 
-from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, duet_loss, precompute_targets
+from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, duet_loss, eos_ids, precompute_targets
 from duet_plugin.core.ensemble import check_checkpoint, parse_teachers, vocab_size
 from duet_plugin.core.lora import (
     LORA_KEY,
@@ -181,8 +181,7 @@ class DUET(LoRASaving, UnlearnTrainer):
 
     @property
     def _eos_ids(self) -> list[int]:
-        eos = self._tokenizer.eos_token_id
-        return [eos] if isinstance(eos, int) else list(eos or [])
+        return eos_ids(self._tokenizer)
 
     @property
     def _pad_id(self) -> int:
