@@ -5,6 +5,12 @@ A grid is data: a list of :class:`Step` (argv, env, cwd, output folder, what mus
 touching a framework, so it can be printed (``--dry-run``), tested and run in order. The ``scripts/reproduce_*.py``
 files are thin wrappers around :func:`main`.
 
+Methods: a grid trains a table of :class:`Method` entries, each carrying its experiment, ``trainer=`` override,
+source, CPU overrides and schedule, and whether it robustifies other methods' outputs; the builder asks the entry and
+never the method's name. OU's baselines are entries of :data:`OU_METHODS`. The plugin's methods are discovered from
+its trainer YAMLs (``duet_plugin/configs/trainer/*.yaml``, see :func:`plugin_methods`): a new trainer YAML with an
+experiment (its own or one it inherits) joins every grid it has an experiment for.
+
 Profiles:
 
 - ``gpu`` (default) mirrors OU's ``scripts/tofu_unlearn.sh`` / ``scripts/muse_unlearn.sh``: the same model,
@@ -38,10 +44,13 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
 
 from duet_plugin.demo.benchmark_layouts import (
     DEMO_FORGET_TASK,
@@ -54,10 +63,13 @@ from duet_plugin.demo.benchmark_layouts import (
 )
 from duet_plugin.demo.demo_data import REFUSAL
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
+from duet_plugin.openunlearning.registration import config_dir
 
 BENCHMARKS = ("tofu", "muse", "wmdp")
 STAGES = ("train", "eval", "robustness")
 PROFILES = ("gpu", "cpu")
+#: The order the grids list the plugin's methods in: a discovered method not named here follows them (by name), and
+#: methods that robustify others' outputs come last.
 OURS = ("DUET", "BiDistill", "UNDO")
 #: The label of the model before unlearning (evaluated, never trained).
 ORIGINAL = "original"
@@ -90,28 +102,155 @@ MUSE_KNOWMEM = {
 }
 
 
+# -- method entries: what a method needs beyond its experiment ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuContext:
+    """What a method's CPU-profile hooks read: the benchmark, the finished demo and the grid's output folder."""
+
+    benchmark: str
+    demo: DemoContext
+    output_root: Path
+
+
+#: A method's CPU-profile overrides for one split.
+CpuOverrides = Callable[[CpuContext, str], list[str]]
+
+
+def muse_raw_text_chunks(ctx: CpuContext, split: str) -> list[str]:
+    """MUSE_forget / MUSE_retain raw-text chunks that fit the demo model (:data:`CPU_MUSE_MAX_LENGTH`)."""
+    return [
+        f"data.forget.MUSE_forget.args.max_length={CPU_MUSE_MAX_LENGTH}",
+        f"data.retain.MUSE_retain.args.max_length={CPU_MUSE_MAX_LENGTH}",
+    ]
+
+
+def steered_prefix(ctx: CpuContext, split: str) -> list[str]:
+    """The demo's DUET prefix (the demo model learnt to follow this instruction in the user turn), naming the split's
+    forget authors; on MUSE and WMDP, whose stand-ins forget the demo's own forget split, that split's."""
+    authors = ctx.demo.forget_authors[split if ctx.benchmark == "tofu" else ctx.demo.demo_split]
+    concepts = ",".join(json.dumps(a) for a in authors)
+    return [
+        "trainer.method_args.prefix.name=never_heard_of",
+        "trainer.method_args.prefix.placement=user",
+        f"trainer.method_args.prefix.concepts=[{concepts}]",
+    ]
+
+
+def rmu_demo_layers(ctx: CpuContext, split: str) -> list[str]:
+    """RMU's steered layer at the same depth of the demo model (OU's default steers layer 7 of 16, which the demo
+    model may not have); on WMDP also the MLPs it trains (unlearn/wmdp/default: layers 5-7 around layer 7)."""
+    layer = max(0, ctx.demo.num_layers // 2 - 1)
+    out = [f"trainer.method_args.module_regex=model\\.layers\\.{layer}"]
+    if ctx.benchmark == "wmdp":
+        layers = "|".join(str(i) for i in range(max(0, layer - 2), layer + 1))
+        out.append(
+            f'trainer.method_args.trainable_params_regex=["model\\.layers\\.({layers})\\.mlp\\.down_proj\\.weight"]'
+        )
+    return out
+
+
+def _idk_file(ctx: CpuContext) -> Path:
+    return ctx.output_root / "idk.jsonl"
+
+
+def idk_answers(ctx: CpuContext) -> dict[Path, str]:
+    """The "I don't know" answers of the CPU profile: the demo's refusal sentence."""
+    return {_idk_file(ctx): REFUSAL + "\n"}
+
+
+def idk_path(ctx: CpuContext, split: str) -> list[str]:
+    """Points OU's TOFU_QA_forget_idk data at :func:`idk_answers`' file (OU reads data/idk.jsonl)."""
+    return [f"data.forget.TOFU_QA_forget_idk.args.idk_path={_idk_file(ctx)}"]
+
+
+def demo_unlearning_schedule(ctx: CpuContext) -> list[str]:
+    """The demo's unlearning schedule (10 epochs; the 80-step budget of the WMDP experiments is lifted so that the
+    epochs count)."""
+    demo = ctx.demo
+    return [
+        f"trainer.args.num_train_epochs={demo.unlearn_epochs}",
+        *(["trainer.args.max_steps=-1"] if ctx.benchmark == "wmdp" else []),
+        f"trainer.args.learning_rate={demo.unlearn_lr}",
+        f"trainer.args.per_device_train_batch_size={demo.unlearn_batch_size}",
+        "trainer.args.gradient_accumulation_steps=1",
+        f"trainer.args.seed={demo.seed}",
+    ]
+
+
+def recovery_schedule(ctx: CpuContext, recovery_eval: bool = True) -> list[str]:
+    """scripts/demo_undo_relearn.py's schedule for a method that robustifies another's output: 500 steps of 32
+    (the recovery measured every 25 steps when the trainer takes ``recovery_eval_steps``)."""
+    return [
+        *(["trainer.method_args.recovery_eval_steps=25"] if recovery_eval else []),
+        "trainer.args.max_steps=500",
+        "trainer.args.learning_rate=0.001",
+        "trainer.args.per_device_train_batch_size=32",
+        "trainer.args.gradient_accumulation_steps=1",
+        "trainer.args.warmup_steps=20",
+        "trainer.args.logging_steps=25",
+        f"trainer.args.seed={ctx.demo.seed}",
+    ]
+
+
 @dataclass(frozen=True)
 class Method:
-    """One unlearning method: its OU experiment, the ``trainer=`` override (None: the experiment's own), where its
-    setting comes from, and whether it trains LoRA adapters (then it runs as one process: OU's accelerate config is
-    DeepSpeed ZeRO-3, under which the plugin refuses LoRA). No method of the grids uses LoRA by default."""
+    """One entry of a grid: everything method-specific.
+
+    ``trainer``: the ``trainer=`` override (None: the experiment's own). ``lora``: it trains LoRA adapters, so it
+    runs as one process (OU's accelerate config is DeepSpeed ZeRO-3, under which the plugin refuses LoRA); no method
+    of the grids does by default. ``cpu_overrides`` (applied in order), ``cpu_files`` (files they read, written
+    before the first command) and ``cpu_schedule``: the CPU profile's settings. ``robustifies``: the method starts
+    from other methods' outputs: it is trained once per ``--undo-teachers`` method, after it, with
+    ``trainer.method_args.teacher=<its output>``, and labelled ``NAME-TEACHER``. ``prerequisite``: what the GPU
+    profile needs the user to provide (a ``--dry-run`` note)."""
 
     name: str
     experiment: str
     trainer: str | None = None
     source: str = ""
     lora: bool = False
+    cpu_overrides: tuple[CpuOverrides, ...] = ()
+    cpu_files: Callable[[CpuContext], dict[Path, str]] | None = None
+    cpu_schedule: Callable[[CpuContext], list[str]] = demo_unlearning_schedule
+    robustifies: bool = False
+    prerequisite: str | None = None
 
 
-def _ou(name: str, bench: str, source: str, trainer: str | None = None, experiment: str = "default") -> Method:
-    return Method(name, f"unlearn/{bench}/{experiment}", trainer or name, source)
+# -- OU's baselines -------------------------------------------------------------------------------------------
 
 
-def _ours(bench: str) -> list[Method]:
-    return [Method(n, f"unlearn/{bench}/{n.lower()}", None, "this plugin") for n in OURS]
+def _ou(
+    name: str,
+    bench: str,
+    source: str,
+    trainer: str | None = None,
+    experiment: str = "default",
+    cpu_overrides: tuple[CpuOverrides, ...] = (),
+    **fields: Any,
+) -> Method:
+    # OU's MUSE experiments read MUSE_forget / MUSE_retain raw-text chunks.
+    chunks = (muse_raw_text_chunks,) if bench == "muse" else ()
+    return Method(
+        name,
+        f"unlearn/{bench}/{experiment}",
+        trainer or name,
+        source,
+        cpu_overrides=(*chunks, *cpu_overrides),
+        **fields,
+    )
 
 
-METHODS: dict[str, dict[str, Method]] = {
+_RMU = {"cpu_overrides": (rmu_demo_layers,)}
+_IDK = {
+    "cpu_overrides": (idk_path,),
+    "cpu_files": idk_answers,
+    "prerequisite": "IdkDPO reads data/idk.jsonl (in OU: python setup_data.py --idk)",
+}
+
+#: OU's baselines on each benchmark, in grid order.
+OU_METHODS: dict[str, dict[str, Method]] = {
     "tofu": {
         m.name: m
         for m in [
@@ -119,13 +258,12 @@ METHODS: dict[str, dict[str, Method]] = {
             _ou("GradDiff", "tofu", "OU scripts/tofu_unlearn.sh"),
             _ou("NPO", "tofu", "OU scripts/tofu_unlearn.sh"),
             _ou("SimNPO", "tofu", "OU docs/repro.md (TOFU table)"),
-            _ou("RMU", "tofu", "OU scripts/tofu_unlearn.sh"),
+            _ou("RMU", "tofu", "OU scripts/tofu_unlearn.sh", **_RMU),
             _ou("UNDIAL", "tofu", "OU community/methods/UNDIAL"),
-            _ou("IdkDPO", "tofu", "OU scripts/tofu_unlearn.sh (DPO on unlearn/tofu/idk)", "DPO", "idk"),
+            _ou("IdkDPO", "tofu", "OU scripts/tofu_unlearn.sh (DPO on unlearn/tofu/idk)", "DPO", "idk", **_IDK),
             _ou("CEU", "tofu", "OU community/methods/CEU"),
             _ou("SatImp", "tofu", "OU community/methods/SatImp"),
             _ou("WGA", "tofu", "OU community/methods/WGA"),
-            *_ours("tofu"),
         ]
     },
     "muse": {
@@ -135,16 +273,11 @@ METHODS: dict[str, dict[str, Method]] = {
             _ou("GradDiff", "muse", "OU scripts/muse_unlearn.sh"),
             _ou("NPO", "muse", "OU scripts/muse_unlearn.sh"),
             _ou("SimNPO", "muse", "OU scripts/muse_unlearn.sh"),
-            _ou("RMU", "muse", "OU docs/repro.md (MUSE table)"),
-            *_ours("muse"),
+            _ou("RMU", "muse", "OU docs/repro.md (MUSE table)", **_RMU),
         ]
     },
     "wmdp": {
-        m.name: m
-        for m in [
-            Method("RMU", "unlearn/wmdp/default", None, "OU configs/experiment/unlearn/wmdp/default.yaml"),
-            *_ours("wmdp"),
-        ]
+        "RMU": Method("RMU", "unlearn/wmdp/default", None, "OU configs/experiment/unlearn/wmdp/default.yaml", **_RMU),
     },
 }
 
@@ -156,8 +289,8 @@ _NO_WMDP = (
     "OU's only WMDP experiment (unlearn/wmdp/default) carries RMU's method_args (steering_coeff, module_regex, ...), "
     "which other trainers reject, and OU has no WMDP script or result for it"
 )
-#: Methods the issue names that a benchmark's grid leaves out, and why.
-SKIPPED: dict[str, dict[str, str]] = {
+#: OU's methods that a benchmark's grid leaves out, and why.
+OU_SKIPPED: dict[str, dict[str, str]] = {
     "tofu": {},
     "muse": {
         "IdkDPO": "it needs TOFU-format QA pairs with 'I don't know' answers (QAwithIdkDataset); MUSE's forget "
@@ -169,8 +302,208 @@ SKIPPED: dict[str, dict[str, str]] = {
         "IdkDPO": "it needs TOFU-format QA pairs with 'I don't know' answers; WMDP's corpora are raw text",
     },
 }
+
+
+# -- the plugin's methods, discovered from its trainer YAMLs --------------------------------------------------
+
+#: The source :func:`plugin_methods` gives a method of the plugin's own trainer folder.
+PLUGIN_SOURCE = "this plugin"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    content = yaml.safe_load(path.read_text())
+    return content if isinstance(content, dict) else {}
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``, nested mappings merged key by key (as Hydra merges a defaults list)."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = _merge(out[key], value) if both else value
+    return out
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """A trainer YAML: ``name`` is its file name without ``.yaml`` (what ``trainer=`` selects), ``parents`` the
+    entries of its ``defaults`` list that are trainer YAMLs of the folders read, ``method_args`` its own merged over
+    its parents' (child over parent)."""
+
+    name: str
+    path: Path
+    handler: str | None
+    parents: tuple[str, ...]
+    method_args: Mapping[str, Any]
+
+    @property
+    def is_method(self) -> bool:
+        """A YAML without ``handler`` or named ``_*`` (a shared base) is not a method of its own."""
+        return bool(self.handler) and not self.name.startswith("_")
+
+    @property
+    def steered(self) -> bool:
+        """It takes a steering ``prefix`` (the CPU profile sets the demo's)."""
+        return "prefix" in self.method_args
+
+    @property
+    def robustifies(self) -> bool:
+        """It requires a ``teacher`` (left null or ``???``) and takes no prefix: it starts from another run's output."""
+        return not self.steered and "teacher" in self.method_args and self.method_args["teacher"] in (None, "???")
+
+
+def read_trainer_configs(folders: Iterable[Path]) -> dict[str, TrainerConfig]:
+    """Every ``*.yaml`` of ``folders`` by name (read with PyYAML; a name found in two folders: the first folder's, as
+    on a Hydra search path), with its inherited ``method_args`` merged in. A cycle in the defaults is cut."""
+    files: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.yaml")):
+            files.setdefault(path.stem, (path, _read_yaml(path)))
+
+    def parents(content: Mapping[str, Any]) -> tuple[str, ...]:
+        defaults = content.get("defaults")
+        entries = defaults if isinstance(defaults, list) else []
+        return tuple(e for e in entries if isinstance(e, str) and e != "_self_" and e in files)
+
+    def method_args(name: str, chain: tuple[str, ...]) -> dict[str, Any]:
+        content = files[name][1]
+        merged: dict[str, Any] = {}
+        for parent in parents(content):
+            if parent not in chain:
+                merged = _merge(merged, method_args(parent, (*chain, parent)))
+        own = content.get("method_args")
+        return _merge(merged, own if isinstance(own, Mapping) else {})
+
+    return {
+        name: TrainerConfig(
+            name,
+            path,
+            str(content["handler"]) if content.get("handler") else None,
+            parents(content),
+            method_args(name, (name,)),
+        )
+        for name, (path, content) in files.items()
+    }
+
+
+def _experiment_owner(
+    config: TrainerConfig, configs: Mapping[str, TrainerConfig], experiments: Path
+) -> TrainerConfig | None:
+    """``config`` when ``experiments/<handler, lower case>.yaml`` exists, else the nearest config up its defaults
+    chain that has one (breadth first); None when none has."""
+    queue, seen = [config.name], set()
+    while queue:
+        current = configs[queue.pop(0)]
+        if current.name in seen:
+            continue
+        seen.add(current.name)
+        if current.handler and (experiments / f"{current.handler.lower()}.yaml").is_file():
+            return current
+        queue += current.parents
+    return None
+
+
+def _reads_muse_raw_text(experiment: Mapping[str, Any]) -> bool:
+    """Whether an experiment YAML's defaults put OU's MUSE_forget / MUSE_retain under data.forget / data.retain."""
+    datasets = {}
+    for entry in experiment.get("defaults") or []:
+        for key, value in entry.items() if isinstance(entry, dict) else ():
+            group, _, node = str(key).removeprefix("override ").partition("@")
+            if group.strip() == "/data/datasets":
+                datasets[node] = value
+    return datasets.get("data.forget") == "MUSE_forget" and datasets.get("data.retain") == "MUSE_retain"
+
+
+def _plugin_method(
+    config: TrainerConfig, owner: TrainerConfig, benchmark: str, experiments: Path, source: str
+) -> Method:
+    experiment = owner.handler.lower()
+    overrides: list[CpuOverrides] = []
+    if _reads_muse_raw_text(_read_yaml(experiments / f"{experiment}.yaml")):
+        overrides.append(muse_raw_text_chunks)
+    if config.steered:
+        overrides.append(steered_prefix)
+    schedule = demo_unlearning_schedule
+    if config.robustifies:
+        schedule = partial(recovery_schedule, recovery_eval="recovery_eval_steps" in config.method_args)
+    return Method(
+        config.handler,
+        f"unlearn/{benchmark}/{experiment}",
+        None if owner is config else config.name,
+        source,
+        lora=bool(config.method_args.get("lora")),
+        cpu_overrides=tuple(overrides),
+        cpu_schedule=schedule,
+        robustifies=config.robustifies,
+    )
+
+
+def plugin_methods(benchmark: str, trainer_config_dirs: Sequence[Path] = ()) -> tuple[list[Method], dict[str, str]]:
+    """The plugin's methods on ``benchmark`` in grid order, and those left out with why. Read from the trainer YAMLs
+    of ``duet_plugin/configs/trainer`` and then ``trainer_config_dirs``, never from names:
+
+    - a YAML with a ``handler`` whose file name does not start with ``_`` is the method ``handler``; its defaults
+      entries that are YAMLs of these folders are its parents, whose ``method_args`` it inherits;
+    - experiment: ``unlearn/<benchmark>/<handler, lower case>`` when the plugin has that experiment (which selects
+      the trainer); else the nearest parent's, with ``trainer=<file name>``; with neither, it is left out;
+    - a method that takes ``prefix`` gets the demo's prefix on the CPU; one that requires a ``teacher`` (null) and
+      takes no prefix robustifies other methods' outputs (the recovery schedule on the CPU); one whose experiment
+      reads MUSE_forget / MUSE_retain gets the CPU's chunk length;
+    - order: :data:`OURS`, then others by name; robustifiers last."""
+    root = config_dir()
+    own = root / "trainer"
+    experiments = root / "experiment" / "unlearn" / benchmark
+    configs = read_trainer_configs([own, *map(Path, trainer_config_dirs)])
+    methods: dict[str, Method] = {}
+    skipped: dict[str, str] = {}
+    for config in configs.values():
+        if not config.is_method or config.handler in methods or config.handler in skipped:
+            continue
+        owner = _experiment_owner(config, configs, experiments)
+        if owner is None:
+            skipped[config.handler] = (
+                f"this plugin has no experiment unlearn/{benchmark}/{config.handler.lower()}.yaml for it "
+                f"({config.path.name}) or a trainer config it inherits"
+            )
+            continue
+        source = PLUGIN_SOURCE if config.path.parent == own else str(config.path)
+        methods[config.handler] = _plugin_method(config, owner, benchmark, experiments, source)
+
+    def order(m: Method) -> tuple[bool, int, str]:
+        return m.robustifies, OURS.index(m.name) if m.name in OURS else len(OURS), m.name
+
+    return sorted(methods.values(), key=order), skipped
+
+
+_PLUGIN_METHODS = {bench: plugin_methods(bench) for bench in BENCHMARKS}
+#: Every method of each benchmark's grid, in grid order: OU's baselines, then the plugin's.
+METHODS: dict[str, dict[str, Method]] = {
+    bench: {**OU_METHODS[bench], **{m.name: m for m in _PLUGIN_METHODS[bench][0]}} for bench in BENCHMARKS
+}
+#: Methods that a benchmark's grid leaves out, and why.
+SKIPPED: dict[str, dict[str, str]] = {bench: {**OU_SKIPPED[bench], **_PLUGIN_METHODS[bench][1]} for bench in BENCHMARKS}
 #: Which unlearned models UNDO robustifies by default (the UNDO paper's WMDP run starts from RMU).
 UNDO_TEACHERS = {"tofu": ("DUET", "GradDiff"), "muse": ("DUET", "GradDiff"), "wmdp": ("DUET", "RMU")}
+
+
+def _methods_of(benchmark: str, trainer_config_dirs: Sequence[Path] = ()) -> tuple[dict[str, Method], dict[str, str]]:
+    """The benchmark's methods by name in grid order, and the skipped ones (with extra trainer folders: read anew)."""
+    if not trainer_config_dirs:
+        return METHODS[benchmark], SKIPPED[benchmark]
+    ours, skipped = plugin_methods(benchmark, trainer_config_dirs)
+    return {**OU_METHODS[benchmark], **{m.name: m for m in ours}}, {**OU_SKIPPED[benchmark], **skipped}
+
+
+def _plugin_names(benchmark: str, trainer_config_dirs: Sequence[Path] = ()) -> tuple[list[str], list[str]]:
+    """(the plugin's methods, those that robustify others) on ``benchmark``."""
+    ours = plugin_methods(benchmark, trainer_config_dirs)[0] if trainer_config_dirs else _PLUGIN_METHODS[benchmark][0]
+    return [m.name for m in ours], [m.name for m in ours if m.robustifies]
+
+
+def _and(names: Sequence[str]) -> str:
+    """``A``, ``A and B``, ``A, B and C``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
 
 TOFU_SPLITS = {
     "forget01": {"forget_split": "forget01", "holdout_split": "holdout01", "retain_split": "retain99"},
@@ -269,15 +602,18 @@ def _key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
 
-def resolve_methods(benchmark: str, names: Iterable[str] | None) -> list[Method]:
+def resolve_methods(
+    benchmark: str, names: Iterable[str] | None, trainer_config_dirs: Sequence[Path] = ()
+) -> list[Method]:
     """The benchmark's methods named in ``names`` (case and dashes ignored: ``ce-u`` is ``CEU``), in the grid's
-    order; ``None``: all of them. Raises ``ValueError`` naming the valid ones."""
-    table = METHODS[benchmark]
+    order; ``None``: all of them. ``trainer_config_dirs``: more trainer YAML folders (:func:`plugin_methods`).
+    Raises ``ValueError`` naming the valid ones."""
+    table, skipped_table = _methods_of(benchmark, trainer_config_dirs)
     if names is None:
         return list(table.values())
     valid = ", ".join(table)
     by_key = {_key(n): n for n in table}
-    skipped = {_key(n): (n, why) for n, why in SKIPPED[benchmark].items()}
+    skipped = {_key(n): (n, why) for n, why in skipped_table.items()}
     chosen = set()
     for name in names:
         key = _key(name)
@@ -373,13 +709,14 @@ def load_demo_context(workdir: str | Path, threads: int = 2) -> DemoContext:
 
 @dataclass
 class GridOptions:
-    """Everything that shapes a grid (the CLI's arguments)."""
+    """Everything that shapes a grid (the CLI's arguments). ``methods``: None for all of the benchmark's.
+    ``trainer_config_dirs``: trainer YAML folders read after the plugin's (see :func:`plugin_methods`)."""
 
     benchmark: str
     ou_root: Path
     output_root: Path
     profile: str = "gpu"
-    methods: list[Method] = field(default_factory=list)
+    methods: list[Method] | None = None
     splits: list[str] = field(default_factory=list)
     stages: tuple[str, ...] = STAGES
     undo_teachers: tuple[str, ...] = ()
@@ -392,399 +729,395 @@ class GridOptions:
     demo: DemoContext | None = None
     relearn_steps: int = 10
     relearn_lrs: tuple[float, ...] = (1e-4, 1e-3)
+    trainer_config_dirs: tuple[Path, ...] = ()
 
 
-class _Builder:
-    """Builds one grid; see :func:`build_grid`."""
+class _Runs:
+    """A grid's run names and folders, the model each split starts from, its reference logs and split overrides."""
 
-    def __init__(self, o: GridOptions) -> None:
-        self.o = o
-        self.bench = o.benchmark
-        self.model = o.model or (CPU_MODEL if o.profile == "cpu" else DEFAULT_MODELS[self.bench])
-        self.steps: list[Step] = []
-        self.files: dict[Path, str] = {}
-        self.notes: list[str] = []
+    def __init__(self, options: GridOptions) -> None:
+        self.options = options
+        self.benchmark = options.benchmark
+        self.cpu = options.profile == "cpu"
+        self.model = options.model or (CPU_MODEL if self.cpu else DEFAULT_MODELS[self.benchmark])
 
-    # -- names and paths -----------------------------------------------------------------------------------
-    def task(self, split: str, label: str) -> str:
-        model = "demo" if self.o.profile == "cpu" else self.model
-        return f"{self.bench}_{model}_{split}_{label}"
+    def name(self, split: str, label: str) -> str:
+        model = "demo" if self.cpu else self.model
+        return f"{self.benchmark}_{model}_{split}_{label}"
 
-    def run_dir(self, split: str, label: str) -> Path:
-        return self.o.output_root / self.task(split, label)
+    def folder(self, split: str, label: str) -> Path:
+        return self.options.output_root / self.name(split, label)
 
     def original_model(self, split: str) -> str:
-        if self.o.profile == "cpu":
-            return str(self.o.demo.model)
-        if self.o.model_path:
-            return self.o.model_path
+        if self.cpu:
+            return str(self.options.demo.model)
+        if self.options.model_path:
+            return self.options.model_path
         return {
             "tofu": f"open-unlearning/tofu_{self.model}_full",
             "muse": f"muse-bench/MUSE-{split}_target",
             "wmdp": "HuggingFaceH4/zephyr-7b-beta",
-        }[self.bench]
+        }[self.benchmark]
 
     def retain_logs(self, split: str) -> Path | None:
         """OU's reference-model logs (``python setup_data.py --eval_logs``); the demo's own on the CPU (TOFU: its
         retain-only evaluation; MUSE: the grid's evaluation of its retain-only model)."""
-        if self.o.profile == "cpu":
-            if self.bench == "muse":
-                return self.run_dir(split, RETAIN_ONLY) / "evals" / "MUSE_EVAL.json"
-            if self.bench == "wmdp":
+        if self.cpu:
+            if self.benchmark == "muse":
+                return self.folder(split, RETAIN_ONLY) / "evals" / "MUSE_EVAL.json"
+            if self.benchmark == "wmdp":
                 return None
-            return self.o.demo.retain_logs if split == self.o.demo.demo_split else None
-        root = self.o.retain_logs_dir or self.o.ou_root / "saves" / "eval"
-        if self.bench == "tofu":
+            return self.options.demo.retain_logs if split == self.options.demo.demo_split else None
+        root = self.options.retain_logs_dir or self.options.ou_root / "saves" / "eval"
+        if self.benchmark == "tofu":
             return root / f"tofu_{self.model}_{TOFU_SPLITS[split]['retain_split']}" / "TOFU_EVAL.json"
-        if self.bench == "muse":
+        if self.benchmark == "muse":
             return root / f"muse_{self.model}_{split}_retrain" / "MUSE_EVAL.json"
         return None
 
     def split_args(self, split: str, train: bool) -> list[str]:
-        if self.bench != "tofu":
+        if self.benchmark != "tofu":
             return [f"data_split={split}"]
-        s = TOFU_SPLITS[split]
+        splits = TOFU_SPLITS[split]
         # Training takes forget/retain (as OU's scripts; unlearn/tofu/idk has no holdout_split), eval forget/holdout.
         keys = ("forget_split", "retain_split") if train else ("forget_split", "holdout_split")
-        return [f"{k}={s[k]}" for k in keys]
+        return [f"{k}={splits[k]}" for k in keys]
 
-    # -- launchers -------------------------------------------------------------------------------------------
+
+class _Launcher:
+    """Turns a script's overrides into grid steps: ``accelerate launch`` as OU's scripts or one process (on the CPU:
+    offline, in the demo folder). Steps of stages not asked for are dropped."""
+
+    def __init__(self, options: GridOptions) -> None:
+        self.options = options
+        self.cpu = options.profile == "cpu"
+        self.steps: list[Step] = []
+
     def cpu_env(self) -> dict[str, str]:
-        t = str(self.o.demo.threads)
+        demo = self.options.demo
+        threads = str(demo.threads)
         return {
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": t,
-            "MKL_NUM_THREADS": t,
-            "HF_DATASETS_CACHE": str(self.o.demo.workdir / ".hf_datasets_cache"),
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "HF_DATASETS_CACHE": str(demo.workdir / ".hf_datasets_cache"),
         }
 
-    def launcher(self, script: str, n: int) -> tuple[list[str], dict[str, str]]:
-        """argv prefix and env: ``accelerate launch`` on ``n`` GPUs as OU's scripts, or one process."""
-        if self.o.profile == "cpu":
-            return [self.o.python, str(self.o.ou_root / "src" / f"{script}.py")], self.cpu_env()
-        if n > 1:
+    def command(self, script: str, processes: int) -> tuple[list[str], dict[str, str]]:
+        """argv prefix and env: ``accelerate launch`` on ``processes`` GPUs as OU's scripts, or one process."""
+        options = self.options
+        if self.cpu:
+            return [options.python, str(options.ou_root / "src" / f"{script}.py")], self.cpu_env()
+        if processes > 1:
             argv = ["accelerate", "launch", "--config_file", "configs/accelerate/default_config.yaml"]
-            argv += ["--num_processes", str(n)]
-            if self.o.main_process_port is not None:
-                argv += ["--main_process_port", str(self.o.main_process_port)]
-            return [*argv, f"src/{script}.py"], {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(n))}
-        return [self.o.python, f"src/{script}.py"], {"CUDA_VISIBLE_DEVICES": "0"}
+            argv += ["--num_processes", str(processes)]
+            if options.main_process_port is not None:
+                argv += ["--main_process_port", str(options.main_process_port)]
+            return [*argv, f"src/{script}.py"], {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(processes))}
+        return [options.python, f"src/{script}.py"], {"CUDA_VISIBLE_DEVICES": "0"}
 
     def cwd(self) -> Path:
         # OU's relative paths (data/idk.jsonl, data/wmdp, configs/accelerate) resolve against the OU root; the
         # demo's TOFU-layout data resolves against the demo folder.
-        return self.o.demo.workdir if self.o.profile == "cpu" else self.o.ou_root
+        return self.options.demo.workdir if self.cpu else self.options.ou_root
 
-    def add(self, kind: str, run: str, script: str, args: list[str], n: int = 1, needs: Sequence[Path] = ()) -> None:
-        if kind not in self.o.stages:
+    def add(
+        self, kind: str, run: str, script: str, args: list[str], processes: int = 1, needs: Sequence[Path] = ()
+    ) -> None:
+        if kind not in self.options.stages:
             return
-        prefix, env = self.launcher(script, n)
-        extra = ["--config-name=unlearn.yaml"] if script == "train" else []
-        run_dir = self.o.output_root / run
-        self.steps.append(Step(kind, run, (*prefix, *extra, *args), self.cwd(), run_dir, env, tuple(needs)))
+        prefix, env = self.command(script, processes)
+        config = ["--config-name=unlearn.yaml"] if script == "train" else []
+        run_dir = self.options.output_root / run
+        self.steps.append(Step(kind, run, (*prefix, *config, *args), self.cwd(), run_dir, env, tuple(needs)))
+
+
+# -- the CPU profile's evaluation overrides, per benchmark ------------------------------------------------------
+
+
+def _relearn_args(options: GridOptions, node: str) -> list[str]:
+    """The CPU profile's relearning attack (scripts/demo_robustness.py's steps and learning rates)."""
+    lrs = ",".join(f"{lr:g}" for lr in options.relearn_lrs)
+    return [f"{node}.steps={options.relearn_steps}", f"{node}.learning_rates=[{lrs}]"]
+
+
+def _cpu_tofu_eval(options: GridOptions, robustness: bool) -> list[str]:
+    n = options.demo.eval_max_new_tokens
+    rouge = ["eval.tofu.metrics.forget_Q_A_ROUGE"] + [
+        f"eval.tofu.metrics.model_utility.pre_compute.{k}_Q_A_ROUGE" for k in ("retain", "ra", "wf")
+    ]
+    args = [f"{m}.generation_args.max_new_tokens={n}" for m in rouge]
+    if robustness:  # as scripts/demo_robustness.py
+        args += [
+            f"eval.tofu.metrics.{a}.pre_compute.forget_Q_A_ROUGE.generation_args.max_new_tokens={n}"
+            for a in TOFU_ATTACKS
+        ]
+        args += [
+            f"eval.tofu.metrics.performance_shift.pre_compute.forget_Q_A_PARA_ROUGE.generation_args.max_new_tokens={n}",
+            *_relearn_args(options, "eval.tofu.metrics.relearn_attack"),
+        ]
+    return args
+
+
+def _cpu_muse_eval(options: GridOptions, robustness: bool) -> list[str]:
+    """knowmem zero-shot (see :data:`MUSE_KNOWMEM`), the demo's relearning attack."""
+    nodes = MUSE_KNOWMEM["default"] + (MUSE_KNOWMEM["robustness"] if robustness else ())
+    args = [f"eval.muse.metrics.{m}.datasets.{d}.args.few_shot_dataset_hf_args=null" for m, d in nodes]
+    if robustness:
+        args += _relearn_args(options, "eval.muse.metrics.relearn_attack")
+    return args
+
+
+def _cpu_wmdp_eval(options: GridOptions, robustness: bool) -> list[str]:
+    """The demo's lm-eval stand-ins through RobustLMEvalEvaluator (OU's LMEvalEvaluator has no include_path;
+    without attacks the plugin's evaluator is OU's evaluation), in the demo model's chat format."""
+    args = [] if robustness else ["eval=lm_eval_robust", "eval.lm_eval.attacks=null"]
+    args += [
+        f"eval.lm_eval.tasks=[{DEMO_FORGET_TASK},{DEMO_GENERAL_TASK}]",
+        f"eval.lm_eval.include_path={options.demo.workdir / DEMO_MCQ_DIR}",
+        f"eval.lm_eval.forget_tasks=[{DEMO_FORGET_TASK}]",
+        "eval.lm_eval.simple_evaluate_args.apply_chat_template=true",
+    ]
+    if robustness:
+        args += _relearn_args(options, "eval.lm_eval.attacks.relearn")
+    return args
+
+
+_CPU_EVAL = {"tofu": _cpu_tofu_eval, "muse": _cpu_muse_eval, "wmdp": _cpu_wmdp_eval}
+
+
+class _GridBuilder:
+    """Builds one grid (see :func:`build_grid`): per split, the original model's evaluation, then every method's
+    training and evaluation, robustifiers once per teacher after the methods they start from."""
+
+    def __init__(self, options: GridOptions) -> None:
+        self.options = options
+        self.benchmark = options.benchmark
+        self.cpu = options.profile == "cpu"
+        self.runs = _Runs(options)
+        self.launcher = _Launcher(options)
+        self.files: dict[Path, str] = {}
+        self.cpu_context = CpuContext(self.benchmark, options.demo, options.output_root) if self.cpu else None
 
     # -- training ----------------------------------------------------------------------------------------------
     def processes(self, method: Method) -> int:
         """Training processes: ``num_gpus`` under accelerate for every method where OU's script uses accelerate;
         one on the CPU, for WMDP (OU runs it on one GPU) and for a LoRA method (refused under ZeRO-3)."""
-        if self.o.profile == "cpu" or method.lora or not GPU_SCHEDULES[self.bench].accelerate:
+        if self.cpu or method.lora or not GPU_SCHEDULES[self.benchmark].accelerate:
             return 1
-        return self.o.num_gpus
+        return self.options.num_gpus
 
-    def batch_args(self, method: Method) -> list[str]:
+    def gpu_batch(self, method: Method) -> list[str]:
         """OU's script's per-device batch for every method, with the accumulation that keeps its effective batch on
-        however many processes run (UNDO keeps its experiment's learning rate and step budget). On the CPU: the
-        demo's unlearning schedule (10 epochs; WMDP's experiments' 80-step budget is lifted so the epochs count)."""
-        if self.o.profile == "cpu":
-            if method.name == "UNDO":  # scripts/demo_undo_relearn.py's schedule
-                return [
-                    "trainer.method_args.recovery_eval_steps=25",
-                    "trainer.args.max_steps=500",
-                    "trainer.args.learning_rate=0.001",
-                    "trainer.args.per_device_train_batch_size=32",
-                    "trainer.args.gradient_accumulation_steps=1",
-                    "trainer.args.warmup_steps=20",
-                    "trainer.args.logging_steps=25",
-                    f"trainer.args.seed={self.o.demo.seed}",
-                ]
-            d = self.o.demo
-            return [
-                f"trainer.args.num_train_epochs={d.unlearn_epochs}",
-                *(["trainer.args.max_steps=-1"] if self.bench == "wmdp" else []),
-                f"trainer.args.learning_rate={d.unlearn_lr}",
-                f"trainer.args.per_device_train_batch_size={d.unlearn_batch_size}",
-                "trainer.args.gradient_accumulation_steps=1",
-                f"trainer.args.seed={d.seed}",
-            ]
-        sched = GPU_SCHEDULES[self.bench]
-        if sched.per_device_train_batch_size is None:
+        however many processes run (learning rate and step budget stay the experiment's)."""
+        schedule = GPU_SCHEDULES[self.benchmark]
+        if schedule.per_device_train_batch_size is None:
             return []
-        steps = sched.gradient_accumulation_steps * sched.gpus
-        n = self.processes(method)
-        if steps % n:
+        steps = schedule.gradient_accumulation_steps * schedule.gpus
+        processes = self.processes(method)
+        if steps % processes:
             raise ValueError(
-                f"OU's {self.bench} batch ({sched.per_device_train_batch_size} per device x {steps} over all GPUs) "
-                f"does not split over {n} GPUs; use --num-gpus dividing {steps}."
+                f"OU's {self.benchmark} batch ({schedule.per_device_train_batch_size} per device x {steps} over all "
+                f"GPUs) does not split over {processes} GPUs; use --num-gpus dividing {steps}."
             )
-        accumulation = steps // n
         return [
-            f"trainer.args.per_device_train_batch_size={sched.per_device_train_batch_size}",
-            f"trainer.args.gradient_accumulation_steps={accumulation}",
-            *sched.extra,
+            f"trainer.args.per_device_train_batch_size={schedule.per_device_train_batch_size}",
+            f"trainer.args.gradient_accumulation_steps={steps // processes}",
+            *schedule.extra,
         ]
 
     def method_args(self, method: Method, split: str) -> list[str]:
-        """Per-method overrides the setting needs (CPU: the demo's DUET prefix, RMU's layers, the idk answers, MUSE's
-        chunk length)."""
-        if self.o.profile != "cpu":
-            return []
-        d = self.o.demo
-        if method.name in ("DUET", "BiDistill"):
-            # As the demo's DUET run: the demo model learnt to follow this instruction in the user turn. On the MUSE
-            # and WMDP stand-ins the forget side is the demo's own forget split.
-            authors = d.forget_authors[split if self.bench == "tofu" else d.demo_split]
-            concepts = ",".join(json.dumps(a) for a in authors)
-            return [
-                "trainer.method_args.prefix.name=never_heard_of",
-                "trainer.method_args.prefix.placement=user",
-                f"trainer.method_args.prefix.concepts=[{concepts}]",
-            ]
-        out = []
-        if self.bench == "muse":  # OU's baselines and UNDO read MUSE_forget / MUSE_retain raw-text chunks
-            out += [
-                f"data.forget.MUSE_forget.args.max_length={CPU_MUSE_MAX_LENGTH}",
-                f"data.retain.MUSE_retain.args.max_length={CPU_MUSE_MAX_LENGTH}",
-            ]
-        if method.name == "RMU":  # OU's default steers layer 7 of 16; the demo model has num_layers
-            layer = max(0, d.num_layers // 2 - 1)
-            out.append(f"trainer.method_args.module_regex=model\\.layers\\.{layer}")
-            if self.bench == "wmdp":  # unlearn/wmdp/default trains the MLPs of layers 5-7 around layer 7
-                layers = "|".join(str(i) for i in range(max(0, layer - 2), layer + 1))
-                out.append(
-                    f'trainer.method_args.trainable_params_regex=["model\\.layers\\.({layers})\\.mlp\\.down_proj\\.weight"]'
-                )
-        if method.name == "IdkDPO":
-            idk = self.o.output_root / "idk.jsonl"
-            self.files[idk] = REFUSAL + "\n"
-            out.append(f"data.forget.TOFU_QA_forget_idk.args.idk_path={idk}")
-        return out
+        """The schedule and the method's own overrides: OU's script's batch on the GPU; on the CPU the entry's
+        schedule and overrides (and the files these read)."""
+        if not self.cpu:
+            return self.gpu_batch(method)
+        ctx = self.cpu_context
+        if method.cpu_files is not None:
+            self.files.update(method.cpu_files(ctx))
+        return [
+            *method.cpu_schedule(ctx),
+            *(arg for overrides in method.cpu_overrides for arg in overrides(ctx, split)),
+        ]
 
     def train(self, method: Method, split: str, label: str, teacher: Path | None = None) -> Path:
-        run = self.task(split, label)
-        out = self.o.output_root / run
+        run = self.runs.name(split, label)
+        output = self.options.output_root / run
         args = [f"experiment={method.experiment}"]
         if method.trainer:
             args.append(f"trainer={method.trainer}")
-        args += [f"task_name={run}", f"model={self.model}", *self.split_args(split, train=True)]
-        if self.o.profile == "cpu":
-            args += [*train_overrides(self.o.demo.model), "model.template_args.system_prompt=null"]
+        args += [f"task_name={run}", f"model={self.runs.model}", *self.runs.split_args(split, train=True)]
+        if self.cpu:
+            args += [*train_overrides(self.options.demo.model), "model.template_args.system_prompt=null"]
         else:
-            args.append(f"model.model_args.pretrained_model_name_or_path={self.original_model(split)}")
+            args.append(f"model.model_args.pretrained_model_name_or_path={self.runs.original_model(split)}")
             args += NO_TRAIN_EVAL
-        logs = self.retain_logs(split)
+        logs = self.runs.retain_logs(split)
         if logs is not None:
             args.append(f"retain_logs_path={logs}")
-        args += self.batch_args(method) + self.method_args(method, split)
+        args += self.method_args(method, split)
         if teacher is not None:
             args.append(f"trainer.method_args.teacher={teacher}")
-        args.append(f"paths.output_dir={out}")
-        self.add("train", run, "train", args, self.processes(method), [teacher] if teacher else [])
-        return out
+        args.append(f"paths.output_dir={output}")
+        self.launcher.add("train", run, "train", args, self.processes(method), [teacher] if teacher else [])
+        return output
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def eval_args(
-        self, split: str, run: str, model: str | Path, out: Path, robustness: bool, retain_logs: bool = True
+        self, split: str, run: str, model: str | Path, output: Path, robustness: bool, retain_logs: bool = True
     ) -> list[str]:
         kind = "robustness" if robustness else "default"
-        args = [f"experiment=eval/{self.bench}/{kind}", f"task_name={run}", f"model={self.model}"]
-        args += self.split_args(split, train=False)
+        args = [f"experiment=eval/{self.benchmark}/{kind}", f"task_name={run}", f"model={self.runs.model}"]
+        args += self.runs.split_args(split, train=False)
         # OU would otherwise reuse the metrics an earlier run left in the folder (e.g. before a retrained model).
-        args.append(f"eval.{EVAL_NODES[self.bench]}.overwrite=true")
-        if self.o.profile == "cpu":
+        args.append(f"eval.{EVAL_NODES[self.benchmark]}.overwrite=true")
+        if self.cpu:
             args += [*eval_overrides(model), "model.template_args.system_prompt=null"]
-            args += {"tofu": self.cpu_tofu_eval, "muse": self.cpu_muse_eval, "wmdp": self.cpu_wmdp_eval}[self.bench](
-                robustness
-            )
+            args += _CPU_EVAL[self.benchmark](self.options, robustness)
         else:
             args.append(f"model.model_args.pretrained_model_name_or_path={model}")
-        logs = self.retain_logs(split) if retain_logs else None
+        logs = self.runs.retain_logs(split) if retain_logs else None
         if logs is not None:
             args.append(f"retain_logs_path={logs}")
-        return [*args, f"paths.output_dir={out}"]
-
-    def relearn_args(self, node: str) -> list[str]:
-        """The CPU profile's relearning attack (scripts/demo_robustness.py's steps and learning rates)."""
-        lrs = ",".join(f"{lr:g}" for lr in self.o.relearn_lrs)
-        return [f"{node}.steps={self.o.relearn_steps}", f"{node}.learning_rates=[{lrs}]"]
-
-    def cpu_tofu_eval(self, robustness: bool) -> list[str]:
-        n = self.o.demo.eval_max_new_tokens
-        rouge = ["eval.tofu.metrics.forget_Q_A_ROUGE"] + [
-            f"eval.tofu.metrics.model_utility.pre_compute.{k}_Q_A_ROUGE" for k in ("retain", "ra", "wf")
-        ]
-        args = [f"{m}.generation_args.max_new_tokens={n}" for m in rouge]
-        if robustness:  # as scripts/demo_robustness.py
-            args += [
-                f"eval.tofu.metrics.{a}.pre_compute.forget_Q_A_ROUGE.generation_args.max_new_tokens={n}"
-                for a in TOFU_ATTACKS
-            ]
-            args += [
-                "eval.tofu.metrics.performance_shift.pre_compute.forget_Q_A_PARA_ROUGE.generation_args."
-                f"max_new_tokens={n}",
-                *self.relearn_args("eval.tofu.metrics.relearn_attack"),
-            ]
-        return args
-
-    def cpu_muse_eval(self, robustness: bool) -> list[str]:
-        """knowmem zero-shot (see :data:`MUSE_KNOWMEM`), the demo's relearning attack."""
-        nodes = MUSE_KNOWMEM["default"] + (MUSE_KNOWMEM["robustness"] if robustness else ())
-        args = [f"eval.muse.metrics.{m}.datasets.{d}.args.few_shot_dataset_hf_args=null" for m, d in nodes]
-        if robustness:
-            args += self.relearn_args("eval.muse.metrics.relearn_attack")
-        return args
-
-    def cpu_wmdp_eval(self, robustness: bool) -> list[str]:
-        """The demo's lm-eval stand-ins through RobustLMEvalEvaluator (OU's LMEvalEvaluator has no include_path;
-        without attacks the plugin's evaluator is OU's evaluation), in the demo model's chat format."""
-        args = [] if robustness else ["eval=lm_eval_robust", "eval.lm_eval.attacks=null"]
-        args += [
-            f"eval.lm_eval.tasks=[{DEMO_FORGET_TASK},{DEMO_GENERAL_TASK}]",
-            f"eval.lm_eval.include_path={self.o.demo.workdir / DEMO_MCQ_DIR}",
-            f"eval.lm_eval.forget_tasks=[{DEMO_FORGET_TASK}]",
-            "eval.lm_eval.simple_evaluate_args.apply_chat_template=true",
-        ]
-        if robustness:
-            args += self.relearn_args("eval.lm_eval.attacks.relearn")
-        return args
+        return [*args, f"paths.output_dir={output}"]
 
     def evaluate(
         self, split: str, label: str, model: str | Path, trained: bool, kinds: Sequence[str] = ("eval", "robustness")
     ) -> None:
-        run = self.task(split, label)
-        run_dir = self.o.output_root / run
+        run = self.runs.name(split, label)
+        run_dir = self.options.output_root / run
         needs = [Path(model)] if trained else []
         # The retain-only model is the reference: it is evaluated without one (OU: privleak against 0.5).
         reference = label != RETAIN_ONLY
-        logs = self.retain_logs(split) if reference and self.o.profile == "cpu" and self.bench == "muse" else None
-        if logs is not None:  # made by this grid's retain-only step
-            needs.append(logs)
+        if reference and self.cpu and self.benchmark == "muse":  # made by this grid's retain-only step
+            needs.append(self.runs.retain_logs(split))
         if "eval" in kinds:
-            self.add(
-                "eval", run, "eval", self.eval_args(split, run, model, run_dir / "evals", False, reference), 1, needs
-            )
+            args = self.eval_args(split, run, model, run_dir / "evals", False, reference)
+            self.launcher.add("eval", run, "eval", args, 1, needs)
         if "robustness" not in kinds:
             return
         args = self.eval_args(split, run, model, run_dir / "evals_robustness", True, reference)
-        if self.bench != "wmdp" and label != ORIGINAL:
+        if self.benchmark != "wmdp" and label != ORIGINAL:
             # The original model's logs give the relearning recovery and the performance shift.
-            original = self.run_dir(split, ORIGINAL) / "evals_robustness" / f"{EVALUATORS[self.bench]}_EVAL.json"
+            original = (
+                self.runs.folder(split, ORIGINAL) / "evals_robustness" / f"{EVALUATORS[self.benchmark]}_EVAL.json"
+            )
             args.insert(-1, f"original_logs_path={original}")
             needs = [*needs, original]
-        self.add("robustness", run, "eval", args, 1, needs)
+        self.launcher.add("robustness", run, "eval", args, 1, needs)
 
     # -- the grid --------------------------------------------------------------------------------------------
     def build(self) -> Grid:
-        o = self.o
-        plain = [m for m in o.methods if m.name != "UNDO"]
-        undo = next((m for m in o.methods if m.name == "UNDO"), None)
-        if o.profile == "cpu" and self.bench in ("muse", "wmdp"):
-            write = demo_muse_files if self.bench == "muse" else demo_wmdp_files
-            self.files.update(write(o.demo.workdir, o.demo.demo_split, o.splits))
-        for split in o.splits:
-            # On the CPU MUSE grid the retain-only model's evaluation is privleak's reference (as the retrained
-            # model's logs in OU's scripts), so it comes first; its robustness needs the original's logs. On WMDP
-            # it is the floor the forget task is read against (a model that never saw the forget facts).
-            retain_only = o.profile == "cpu" and self.bench in ("muse", "wmdp")
-            if retain_only:
-                self.evaluate(split, RETAIN_ONLY, o.demo.retain_model, trained=False, kinds=("eval",))
-            self.evaluate(split, ORIGINAL, self.original_model(split), trained=False)
-            if retain_only:
-                self.evaluate(split, RETAIN_ONLY, o.demo.retain_model, trained=False, kinds=("robustness",))
+        options = self.options
+        unlearners = [m for m in options.methods if not m.robustifies]
+        robustifiers = [m for m in options.methods if m.robustifies]
+        # On the CPU MUSE grid the retain-only model's evaluation is privleak's reference (as the retrained model's
+        # logs in OU's scripts), so it comes first; its robustness needs the original's logs. On WMDP it is the
+        # floor the forget task is read against (a model that never saw the forget facts).
+        stand_ins = self.cpu and self.benchmark in ("muse", "wmdp")
+        if stand_ins:
+            write = demo_muse_files if self.benchmark == "muse" else demo_wmdp_files
+            self.files.update(write(options.demo.workdir, options.demo.demo_split, options.splits))
+        for split in options.splits:
+            if stand_ins:
+                self.evaluate(split, RETAIN_ONLY, options.demo.retain_model, trained=False, kinds=("eval",))
+            self.evaluate(split, ORIGINAL, self.runs.original_model(split), trained=False)
+            if stand_ins:
+                self.evaluate(split, RETAIN_ONLY, options.demo.retain_model, trained=False, kinds=("robustness",))
             outputs = {}
-            for method in plain:
+            for method in unlearners:
                 outputs[method.name] = self.train(method, split, method.name)
                 self.evaluate(split, method.name, outputs[method.name], trained=True)
-            if undo is None:
-                continue
-            for teacher in o.undo_teachers:
-                path = outputs.get(teacher) or self.run_dir(split, teacher)
-                label = f"UNDO-{teacher}"
-                out = self.train(undo, split, label, teacher=path)
-                self.evaluate(split, label, out, trained=True)
-        self.notes += self.prerequisites(plain, undo is not None)
-        return Grid(self.bench, o.profile, self.steps, self.files, self.notes)
+            for method in robustifiers:
+                for teacher in options.undo_teachers:
+                    label = f"{method.name}-{teacher}"
+                    output = self.train(
+                        method, split, label, teacher=outputs.get(teacher) or self.runs.folder(split, teacher)
+                    )
+                    self.evaluate(split, label, output, trained=True)
+        notes = self.prerequisites(unlearners, robustifiers)
+        return Grid(self.benchmark, options.profile, self.launcher.steps, self.files, notes)
 
-    def prerequisites(self, plain: list[Method], undo: bool) -> list[str]:
-        o, notes = self.o, []
-        missing = [t for t in o.undo_teachers if undo and t not in {m.name for m in plain}]
+    def prerequisites(self, unlearners: list[Method], robustifiers: list[Method]) -> list[str]:
+        options, notes = self.options, []
+        trained = {m.name for m in unlearners}
+        missing = [t for t in options.undo_teachers if robustifiers and t not in trained]
         if missing:
+            verb = "robustifies" if len(robustifiers) == 1 else "robustify"
             notes.append(
-                f"UNDO robustifies {', '.join(missing)}, not in --methods: their outputs must already exist under "
-                f"{o.output_root}"
+                f"{_and([m.name for m in robustifiers])} {verb} {', '.join(missing)}, not in --methods: their outputs "
+                f"must already exist under {options.output_root}"
             )
-        if o.profile == "cpu":
-            d = o.demo
-            if self.bench == "tofu":
-                notes.append(
-                    f"demo model {d.model}; TOFU-layout data in {d.workdir}/locuslab/TOFU; forget_quality needs a "
-                    f"retain-only reference, which the demo has for {d.demo_split} only"
-                )
-            elif self.bench == "muse":
-                notes.append(
-                    f"demo model {d.model}; MUSE-layout stand-ins written to {d.workdir}/muse-bench from the demo's "
-                    f"{d.demo_split} authors (forget) and the others (retain); privleak's reference is the grid's "
-                    f"evaluation of the retain-only model {d.retain_model}; knowmem runs zero-shot (the demo model "
-                    "answers nothing after in-context examples)"
-                )
-            else:
-                notes.append(
-                    f"demo model {d.model}; WMDP-layout corpora written to {d.workdir}/{WMDP_CORPORA} from the demo's "
-                    f"{d.demo_split} authors (forget) and the others (retain); lm-eval tasks {DEMO_FORGET_TASK} and "
-                    f"{DEMO_GENERAL_TASK} in {d.workdir / DEMO_MCQ_DIR} stand in for WMDP and MMLU (which are on "
-                    "the Hub); the 80-step budget of the WMDP experiments is lifted for the demo's 10 epochs"
-                )
+        if self.cpu:
+            notes.append(self.demo_note())
             return notes
-        if self.bench != "wmdp":
-            where = o.retain_logs_dir or o.ou_root / "saves" / "eval"
+        if self.benchmark != "wmdp":
+            where = options.retain_logs_dir or options.ou_root / "saves" / "eval"
             notes.append(f"reference-model logs for forget_quality under {where} (in OU: setup_data.py --eval_logs)")
-        if any(m.name == "IdkDPO" for m in plain):
-            notes.append("IdkDPO reads data/idk.jsonl (in OU: python setup_data.py --idk)")
-        if self.bench == "wmdp":
+        notes += list(dict.fromkeys(m.prerequisite for m in options.methods if m.prerequisite))
+        if self.benchmark == "wmdp":
             notes.append("WMDP corpora in data/wmdp/wmdp-corpora (in OU: python setup_data.py --wmdp)")
-        sched = GPU_SCHEDULES[self.bench]
-        if sched.accelerate:
-            batch = sched.per_device_train_batch_size * sched.gradient_accumulation_steps * sched.gpus
+        schedule = GPU_SCHEDULES[self.benchmark]
+        if schedule.accelerate:
+            batch = schedule.per_device_train_batch_size * schedule.gradient_accumulation_steps * schedule.gpus
+            ours, robustifying = _plugin_names(self.benchmark, options.trainer_config_dirs)
+            included = f", {_and(ours)} included," if ours else ","
+            keep = "keeps its" if len(robustifying) == 1 else "keep their"
             notes.append(
-                f"effective batch {batch} for every method, as OU's script ({sched.gpus} GPUs): every method runs "
-                f"under accelerate launch (DeepSpeed ZeRO-3) on {o.num_gpus} GPU(s), DUET, BiDistill and UNDO "
-                "included, with the gradient accumulation that keeps that batch (a LoRA method, refused under "
-                "ZeRO-3, would run as one process on GPU 0); UNDO keeps its experiment's learning rate and steps"
+                f"effective batch {batch} for every method, as OU's script ({schedule.gpus} GPUs): every method runs "
+                f"under accelerate launch (DeepSpeed ZeRO-3) on {options.num_gpus} GPU(s){included} with the gradient "
+                "accumulation that keeps that batch (a LoRA method, refused under ZeRO-3, would run as one process on "
+                "GPU 0)"
+                + (f"; {_and(robustifying)} {keep} experiment's learning rate and steps" if robustifying else "")
             )
         return notes
+
+    def demo_note(self) -> str:
+        demo = self.options.demo
+        if self.benchmark == "tofu":
+            return (
+                f"demo model {demo.model}; TOFU-layout data in {demo.workdir}/locuslab/TOFU; forget_quality needs a "
+                f"retain-only reference, which the demo has for {demo.demo_split} only"
+            )
+        if self.benchmark == "muse":
+            return (
+                f"demo model {demo.model}; MUSE-layout stand-ins written to {demo.workdir}/muse-bench from the demo's "
+                f"{demo.demo_split} authors (forget) and the others (retain); privleak's reference is the grid's "
+                f"evaluation of the retain-only model {demo.retain_model}; knowmem runs zero-shot (the demo model "
+                "answers nothing after in-context examples)"
+            )
+        return (
+            f"demo model {demo.model}; WMDP-layout corpora written to {demo.workdir}/{WMDP_CORPORA} from the demo's "
+            f"{demo.demo_split} authors (forget) and the others (retain); lm-eval tasks {DEMO_FORGET_TASK} and "
+            f"{DEMO_GENERAL_TASK} in {demo.workdir / DEMO_MCQ_DIR} stand in for WMDP and MMLU (which are on "
+            "the Hub); the 80-step budget of the WMDP experiments is lifted for the demo's 10 epochs"
+        )
 
 
 def build_grid(options: GridOptions) -> Grid:
     """The grid of ``options`` (see the module docstring); raises ``ValueError`` on bad combinations."""
-    o = options
-    if o.benchmark not in BENCHMARKS:
-        raise ValueError(f"Unknown benchmark {o.benchmark!r}; one of {', '.join(BENCHMARKS)}.")
-    if o.profile not in PROFILES:
-        raise ValueError(f"Unknown profile {o.profile!r}; one of {', '.join(PROFILES)}.")
-    if o.profile == "cpu":
-        if o.demo is None:
-            raise ValueError("--profile cpu needs --demo-workdir: a finished `duet-plugin demo` folder.")
-    bad = sorted(set(o.stages) - set(STAGES))
+    if options.benchmark not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark {options.benchmark!r}; one of {', '.join(BENCHMARKS)}.")
+    if options.profile not in PROFILES:
+        raise ValueError(f"Unknown profile {options.profile!r}; one of {', '.join(PROFILES)}.")
+    if options.profile == "cpu" and options.demo is None:
+        raise ValueError("--profile cpu needs --demo-workdir: a finished `duet-plugin demo` folder.")
+    bad = sorted(set(options.stages) - set(STAGES))
     if bad:
         raise ValueError(f"Unknown stage(s) {bad}; valid stages: {', '.join(STAGES)}.")
-    if o.num_gpus < 1:
-        raise ValueError(f"--num-gpus must be at least 1, got {o.num_gpus}.")
-    teachers = [m.name for m in resolve_methods(o.benchmark, o.undo_teachers)]
-    if "UNDO" in teachers:
-        raise ValueError("UNDO cannot be its own teacher; name the unlearning methods whose outputs it robustifies.")
-    o.undo_teachers = tuple(teachers)
-    return _Builder(o).build()
+    if options.num_gpus < 1:
+        raise ValueError(f"--num-gpus must be at least 1, got {options.num_gpus}.")
+    dirs = options.trainer_config_dirs
+    methods = resolve_methods(options.benchmark, None, dirs) if options.methods is None else list(options.methods)
+    teachers = resolve_methods(options.benchmark, options.undo_teachers, dirs)
+    robustifier = next((m.name for m in teachers if m.robustifies), None)
+    if robustifier is not None:
+        raise ValueError(
+            f"{robustifier} cannot be its own teacher; name the unlearning methods whose outputs it robustifies."
+        )
+    options = replace(options, methods=methods, undo_teachers=tuple(m.name for m in teachers))
+    return _GridBuilder(options).build()
 
 
 # -- running -------------------------------------------------------------------------------------------------
@@ -842,9 +1175,10 @@ def method_table(benchmark: str) -> str:
 
 def parser(benchmark: str) -> argparse.ArgumentParser:
     splits, methods = SPLITS[benchmark], METHODS[benchmark]
+    ours, robustifiers = _plugin_names(benchmark)
     p = argparse.ArgumentParser(
         prog=f"reproduce_{benchmark}.py",
-        description=f"Run DUET, BiDistill, UNDO and OU's baselines on {benchmark.upper()} with one model, data and "
+        description=f"Run {', '.join(ours)} and OU's baselines on {benchmark.upper()} with one model, data and "
         "schedule, then OU's evaluation and the robustness suite on every result. "
         f"Methods: {', '.join(methods)}. Splits: {', '.join(splits)}.",
     )
@@ -858,7 +1192,7 @@ def parser(benchmark: str) -> argparse.ArgumentParser:
         nargs="+",
         default=list(UNDO_TEACHERS[benchmark]),
         metavar="M",
-        help=f"methods whose outputs UNDO robustifies (default: {' '.join(UNDO_TEACHERS[benchmark])})",
+        help=f"methods whose outputs {_and(robustifiers)} robustifies (default: {' '.join(UNDO_TEACHERS[benchmark])})",
     )
     p.add_argument("--ou-root", help="OpenUnlearning checkout (default: $OU_ROOT, then the current directory)")
     p.add_argument(

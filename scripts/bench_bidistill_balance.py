@@ -24,8 +24,8 @@ import torch
 from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss
 from duet_plugin.core.collate import TeacherStudentCollator, gather_positions
 from duet_plugin.core.converters import convert_qa, prefilled_records
-from duet_plugin.core.duet import eos_ids, stream_targets
 from duet_plugin.core.teacher import PrefixSpec, concepts_from_records
+from duet_plugin.core.teacher_targets import eos_ids, stream_targets
 
 
 def _records(args: argparse.Namespace) -> dict[str, list]:
@@ -80,18 +80,18 @@ def main() -> None:
     )
     rows = {}
     for distance in ("huber", "kl"):
-        cfg = BiDistillConfig(distance=distance, teacher="online")
+        cfg = BiDistillConfig(distance=distance, teacher_mode="online")
         _, parts = bidistill_loss(model, streams, cfg, vocab, collator.pad_id, eos, teacher=model)
         for key, value in parts.items():
             rows.setdefault(key, {})[distance] = value
-    cfg = BiDistillConfig(teacher="online")
+    cfg = BiDistillConfig(teacher_mode="online")
     print(
         "| stream | term | Huber (raw logits, the default) | Huber, logits centred | KL (top-K + tail) "
         "| teacher top-K mean logit | student mean logit there |"
     )
     print("|---|---|---|---|---|---|---|")
     for stream, batch in streams.items():
-        targets, batch = stream_targets(stream, batch, cfg.teacher_config(vocab), collator.pad_id, eos, teacher=model)
+        targets, batch = stream_targets(stream, batch, cfg.target_config(vocab), collator.pad_id, eos, teacher=model)
         t_level, s_level, centred = levels(model, batch, targets, cfg.top_k)
         for direction in ("pull", "push"):
             key = f"{stream}_{direction}"

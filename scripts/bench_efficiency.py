@@ -108,12 +108,14 @@ def all_methods(ou_root: Path, teacher_dir: Path) -> list[Method]:
         Method("UNDIAL", "UNDIAL", method_args=ou_method_args(ou_root, "UNDIAL"), frozen=("forget",)),
         Method("SFT (NLL, forget+retain in one batch)", "FinetuneTrainer", batch="flat"),
         Method("DUET precomputed", "DUET", method_args={"prefix": PREFIX}, precompute=True),
-        Method("DUET online", "DUET", method_args={"prefix": PREFIX, "teacher": "online"}, frozen=("forget", "retain")),
+        Method(
+            "DUET online", "DUET", method_args={"prefix": PREFIX, "teacher_mode": "online"}, frozen=("forget", "retain")
+        ),
         Method("DUET precomputed, LoRA", "DUET", method_args={"prefix": PREFIX, "lora": LORA}, precompute=True),
         Method(
             "DUET online, LoRA",
             "DUET",
-            method_args={"prefix": PREFIX, "teacher": "online", "lora": LORA},
+            method_args={"prefix": PREFIX, "teacher_mode": "online", "lora": LORA},
             frozen=("forget", "retain"),
         ),
         Method("BiDistill", "BiDistill", method_args={"prefix": PREFIX}, precompute=True),

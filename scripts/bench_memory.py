@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 CONFIGS = {
-    "full, online": {"teacher": "online"},
-    "full, precomputed": {"teacher": "precomputed"},
-    "LoRA r=8 q,v, online": {"teacher": "online", "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}},
-    "LoRA r=8 q,v, precomputed": {"teacher": "precomputed", "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}},
+    "full, online": {"teacher_mode": "online"},
+    "full, precomputed": {"teacher_mode": "precomputed"},
+    "LoRA r=8 q,v, online": {"teacher_mode": "online", "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}},
+    "LoRA r=8 q,v, precomputed": {
+        "teacher_mode": "precomputed",
+        "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]},
+    },
 }
 MiB = 1024 * 1024
 

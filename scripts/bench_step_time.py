@@ -100,11 +100,11 @@ def main() -> None:
     for label, handler, kw in (
         ("GradDiff (NLL retain)", "GradDiff", {}),
         ("DUET precomputed", "DUET", {"prefix": {"name": "forget_authors"}}),
-        ("DUET online", "DUET", {"prefix": {"name": "forget_authors"}, "teacher": "online"}),
+        ("DUET online", "DUET", {"prefix": {"name": "forget_authors"}, "teacher_mode": "online"}),
     ):
         torch.manual_seed(0)
         t = trainer(handler, **kw)
-        if handler == "DUET" and kw.get("teacher") != "online":
+        if handler == "DUET" and kw.get("teacher_mode") != "online":
             start = time.perf_counter()
             t.targets = t.precompute_targets()
             print(

@@ -26,21 +26,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from duet_plugin.core.collate import gather_positions
-from duet_plugin.core.duet import POSITIONS, TEACHER_MODES, DUETConfig, TeacherTargetStore, stream_targets
-from duet_plugin.core.losses import BIDIRECTIONAL_DISTANCES, directed_loss, validate_distance
+from duet_plugin.core.losses import BIDIRECTIONAL_DISTANCES, directed_loss, validate_distance, validate_top_k
+from duet_plugin.core.options import OptionError, one_of, option, positive_int
+from duet_plugin.core.teacher_targets import SteeredTeacherConfig, TargetConfig, TeacherTargetStore, stream_targets
 from duet_plugin.core.unified import STREAMS
 
 DIRECTIONS = ("pull", "push")
 #: What the student is aligned with after a prefill: the steered teacher's response start (``restart``: the teacher
 #: sees the bare question) or the teacher continuing the same forced start (``continue``).
 PREFILL_TARGETS = ("restart", "continue")
-KEY = "trainer.method_args"
 
 
 def default_stream_weights() -> dict[str, dict[str, float]]:
@@ -55,85 +55,92 @@ def default_stream_weights() -> dict[str, dict[str, float]]:
 
 def parse_stream_weights(weights: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
     """``{stream: {pull: w, push: w}}`` merged over the defaults; unknown streams/directions and negative weights
-    are refused with the key to fix."""
+    are refused, naming the option."""
     out = default_stream_weights()
     for stream, value in dict(weights or {}).items():
+        key = f"stream_weights.{stream}"
         if stream not in STREAMS:
-            raise ValueError(f"{KEY}.stream_weights.{stream}: unknown stream; streams are {STREAMS}.")
+            raise OptionError(key, f"is not a stream; streams are {STREAMS}.")
         if not isinstance(value, Mapping):
-            raise ValueError(
-                f"{KEY}.stream_weights.{stream} must map directions to weights, e.g. {{pull: 1.0, push: 0.5}}."
-            )
+            raise OptionError(key, "must map directions to weights, e.g. {pull: 1.0, push: 0.5}.")
         for direction, w in dict(value).items():
             if direction not in DIRECTIONS:
-                raise ValueError(f"{KEY}.stream_weights.{stream}.{direction}: directions are {DIRECTIONS}.")
+                raise OptionError(f"{key}.{direction}", f"is not a direction; directions are {DIRECTIONS}.")
             if float(w) < 0:
-                raise ValueError(f"{KEY}.stream_weights.{stream}.{direction} must be >= 0, got {w}.")
+                raise OptionError(f"{key}.{direction}", f"must be >= 0, got {w}.")
             out[stream][direction] = float(w)
     return out
 
 
 @dataclass
-class BiDistillConfig:
-    """BiDistill hyper-parameters (``trainer.method_args`` in ``configs/trainer/BiDistill.yaml``). The paper's
-    values are not public; defaults are DUET's where the terms coincide, BiLD's for its distance (T = 3)."""
+class BiDistillConfig(SteeredTeacherConfig):
+    """BiDistill's options (the shipped defaults: ``configs/trainer/BiDistill.yaml``). The paper's values are
+    not public; defaults are DUET's where the terms coincide, BiLD's for its distance (T = 3)."""
 
-    top_k: int = 10
-    push_top_k: int = 10
-    store_top_k: int | None = 256
-    distance: str = "huber"
-    huber_delta: float = 1.0
-    bild_temperature: float = 3.0
-    w_pull: float = 1.0
-    w_push: float = 1.0
-    stream_weights: dict[str, dict[str, float]] = field(default_factory=default_stream_weights)
-    prefill_target: str = "restart"
-    positions: str = "first"
-    num_positions: int = 8
-    teacher: str = "precomputed"
-    teacher_batch_size: int = 16
+    top_k: int = option(10, help="pull: the teacher's top-K indices per aligned position.")
+    push_top_k: int = option(10, help="push: the student's top-K indices per aligned position.")
+    store_top_k: int | None = option(
+        256,
+        help="Precomputed teacher values kept per position (K'); a student index outside them gets the K'-th value "
+        "(an upper bound: pushes less). null = the full vocabulary (exact, V floats per position).",
+    )
+    distance: str = option(
+        "huber", help="huber | mse (raw logits) | kl (K + tail bucket) | bild (pairwise logit differences, KL)."
+    )
+    huber_delta: float = option(1.0, help="The Huber loss's delta (distance: huber).")
+    bild_temperature: float = option(3.0, help="BiLD's temperature T (distance: bild).")
+    w_pull: float = option(1.0, help="Scale of every pull term.")
+    w_push: float = option(1.0, help="Scale of every push term.")
+    stream_weights: dict[str, dict[str, float]] = option(
+        help="Per stream and direction, merged over the defaults: {forget: {pull: 1, push: 1}, retain: {pull: 1, "
+        "push: 0}, boundary: {pull: 1, push: 0}, adversarial: {pull: 1, push: 1}}.",
+        factory=default_stream_weights,
+    )
+    prefill_target: str = option(
+        "restart",
+        help="After a prefill, align the student with the steered teacher's response start (restart: the teacher "
+        "sees the bare question) | with the teacher continuing the same forced start (continue).",
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         validate_distance(self.distance, BIDIRECTIONAL_DISTANCES)
         for name in ("top_k", "push_top_k"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{KEY}.{name} must be a positive integer, got {value!r}.")
+            positive_int(name, getattr(self, name))
         if self.distance == "bild" and min(self.top_k, self.push_top_k) < 2:
-            raise ValueError(f"distance=bild compares pairs of logits: {KEY}.top_k and push_top_k must be >= 2.")
+            raise OptionError("distance", "=bild compares pairs of logits: top_k and push_top_k must be >= 2.")
         if self.store_top_k is not None and self.store_top_k < max(self.top_k, self.push_top_k):
-            raise ValueError(
-                f"{KEY}.store_top_k={self.store_top_k} must be >= top_k and push_top_k "
-                f"({max(self.top_k, self.push_top_k)}), or null for the full vocabulary."
+            raise OptionError(
+                "store_top_k",
+                f"={self.store_top_k} must be >= top_k and push_top_k ({max(self.top_k, self.push_top_k)}), or null "
+                "for the full vocabulary.",
             )
-        if self.w_pull < 0 or self.w_push < 0:
-            raise ValueError(f"{KEY}.w_pull and w_push must be >= 0.")
-        if self.huber_delta <= 0 or self.bild_temperature <= 0:
-            raise ValueError(f"{KEY}.huber_delta and bild_temperature must be positive.")
-        if self.prefill_target not in PREFILL_TARGETS:
-            raise ValueError(f"Unknown {KEY}.prefill_target {self.prefill_target!r}; use one of {PREFILL_TARGETS}.")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"Unknown {KEY}.positions {self.positions!r}; use one of {POSITIONS}.")
-        if self.teacher not in TEACHER_MODES:
-            raise ValueError(f"Unknown {KEY}.teacher {self.teacher!r}; use one of {TEACHER_MODES}.")
+        for name in ("w_pull", "w_push"):
+            if getattr(self, name) < 0:
+                raise OptionError(name, f"must be >= 0, got {getattr(self, name)!r}.")
+        for name in ("huber_delta", "bild_temperature"):
+            if getattr(self, name) <= 0:
+                raise OptionError(name, f"must be positive, got {getattr(self, name)!r}.")
+        one_of("prefill_target", self.prefill_target, PREFILL_TARGETS)
         self.stream_weights = parse_stream_weights(self.stream_weights)
+
+    @property
+    def teacher_prefill(self) -> bool:
+        return self.prefill_target == "continue"
 
     def stored_k(self, vocab_size: int) -> int:
         """Teacher values kept per position: the full vocabulary online (exact push) or when ``store_top_k`` is
         null or not smaller than the vocabulary; else ``store_top_k``."""
-        if self.teacher == "online" or self.store_top_k is None:
+        if self.teacher_mode == "online" or self.store_top_k is None:
             return vocab_size
         return min(self.store_top_k, vocab_size)
 
-    def teacher_config(self, vocab_size: int) -> DUETConfig:
-        """The DUET config that produces this method's teacher targets (K' indices, same positions and mode)."""
-        return DUETConfig(
-            top_k=self.stored_k(vocab_size),
-            positions=self.positions,
-            num_positions=self.num_positions,
-            teacher=self.teacher,
-            teacher_batch_size=self.teacher_batch_size,
-        )
+    def target_config(self, vocab_size: int) -> TargetConfig:
+        """The engine's targets for this method: K' values per position (see :meth:`stored_k`), after checking the
+        pull and push K against the vocabulary."""
+        for name in ("top_k", "push_top_k"):
+            validate_top_k(getattr(self, name), vocab_size, option=name)
+        return TargetConfig(self.stored_k(vocab_size), self.continuation_length, self.teacher_batch_size)
 
     def weight(self, stream: str, direction: str) -> float:
         scale = self.w_pull if direction == "pull" else self.w_push
@@ -159,13 +166,13 @@ def bidistill_loss(
     ``store`` (precomputed K'). Returns the loss and each ``<stream>_<direction>`` term (unweighted) for logging."""
     if (teacher is None) == (store is None):
         raise ValueError("Give exactly one of `teacher` (online) or `store` (precomputed targets).")
-    teacher_cfg = cfg.teacher_config(vocab_size)
+    target = cfg.target_config(vocab_size)
     loss, parts = None, {}
     for stream, batch in streams.items():
         weights = {d: cfg.weight(stream, d) for d in DIRECTIONS}
         if not any(weights.values()):
             continue
-        targets, batch = stream_targets(stream, batch, teacher_cfg, pad_id, eos_ids, teacher=teacher, store=store)
+        targets, batch = stream_targets(stream, batch, target, pad_id, eos_ids, teacher=teacher, store=store)
         logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
         at = gather_positions(logits, batch["student_positions"], batch["position_mask"])
         targets = targets.to(at.device)

@@ -184,7 +184,20 @@ def _check_prefill(stream: str, prefill_words: int) -> None:
         raise ValueError(f"Prefill records belong to the 'adversarial' stream, not {stream!r}.")
 
 
-def _finish(path: str | Path, records: list[UnifiedRecord], skipped: int, prefill_words: int) -> list[UnifiedRecord]:
+def _collect(
+    path: str | Path, candidates: Iterable[UnifiedRecord | None], prefill_words: int, max_records: int | None
+) -> list[UnifiedRecord]:
+    """The records among ``candidates`` (None: a row skipped, its answer too short to prefill), the first
+    ``max_records`` of them (reading stops there); none at all is an error that says why."""
+    records: list[UnifiedRecord] = []
+    skipped = 0
+    for record in candidates:
+        if record is None:
+            skipped += 1
+            continue
+        records.append(record)
+        if max_records is not None and len(records) >= max_records:
+            break
     if not records:
         why = f" ({skipped} answers have no more than {prefill_words} words to prefill)" if skipped else ""
         raise DataFormatError(path, f"no records{why}")
@@ -210,26 +223,21 @@ def convert_qa(
     whose answer has no more than ``k`` words are skipped. ``max_records`` keeps the first that many records.
     """
     _check_prefill(stream, prefill_words)
-    records: list[UnifiedRecord] = []
-    skipped = 0
-    for file, line, raw in _rows(path, config, split):
-        row = _object(file, line, raw)
-        prompt = _prompt(file, line, row, question_key)
-        answer = row.get(answer_key) if answer_key else None
-        answer = answer if isinstance(answer, str) else None
-        if prefill_words and answer is None:
-            raise DataFormatError(file, f"no string {answer_key!r} to take a prefill from", line)
-        concept = row.get(concept_key) if concept_key else None
-        if concept is not None and not isinstance(concept, str):
-            raise DataFormatError(file, f"{concept_key!r} must be a string, got {type(concept).__name__}", line)
-        record = _answer_record(prompt, answer, stream, source, concept, prefill_words)
-        if record is None:
-            skipped += 1
-            continue
-        records.append(record)
-        if max_records is not None and len(records) >= max_records:
-            break
-    return _finish(path, records, skipped, prefill_words)
+
+    def candidates() -> Iterator[UnifiedRecord | None]:
+        for file, line, raw in _rows(path, config, split):
+            row = _object(file, line, raw)
+            prompt = _prompt(file, line, row, question_key)
+            answer = row.get(answer_key) if answer_key else None
+            answer = answer if isinstance(answer, str) else None
+            if prefill_words and answer is None:
+                raise DataFormatError(file, f"no string {answer_key!r} to take a prefill from", line)
+            concept = row.get(concept_key) if concept_key else None
+            if concept is not None and not isinstance(concept, str):
+                raise DataFormatError(file, f"{concept_key!r} must be a string, got {type(concept).__name__}", line)
+            yield _answer_record(prompt, answer, stream, source, concept, prefill_words)
+
+    return _collect(path, candidates(), prefill_words, max_records)
 
 
 def convert_tofu(
@@ -294,29 +302,25 @@ def convert_mcq(
     :func:`convert_qa`.
     """
     _check_prefill(stream, prefill_words)
-    records: list[UnifiedRecord] = []
-    skipped = 0
-    for file, line, raw in _rows(path, config, split):
-        row = _object(file, line, raw)
-        question = _prompt(file, line, row, question_key)
-        choices = row.get(choices_key)
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise DataFormatError(file, f"{choices_key!r} must be a list of at least two strings", line)
-        if answer_key not in row:
-            raise DataFormatError(file, f"no {answer_key!r} field (fields: {sorted(row)})", line)
-        index = _answer_index(row[answer_key], len(choices))
-        if index is None:
-            what = f"{answer_key!r} = {row[answer_key]!r} is not a choice index (0..{len(choices) - 1}) or letter"
-            raise DataFormatError(file, what, line)
-        prompt = mcq_prompt(question, choices)
-        record = _answer_record(prompt, choices[index].strip(), stream, source, None, prefill_words)
-        if record is None:
-            skipped += 1
-            continue
-        records.append(record)
-        if max_records is not None and len(records) >= max_records:
-            break
-    return _finish(path, records, skipped, prefill_words)
+
+    def candidates() -> Iterator[UnifiedRecord | None]:
+        for file, line, raw in _rows(path, config, split):
+            row = _object(file, line, raw)
+            question = _prompt(file, line, row, question_key)
+            choices = row.get(choices_key)
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise DataFormatError(file, f"{choices_key!r} must be a list of at least two strings", line)
+            if answer_key not in row:
+                raise DataFormatError(file, f"no {answer_key!r} field (fields: {sorted(row)})", line)
+            index = _answer_index(row[answer_key], len(choices))
+            if index is None:
+                what = f"{answer_key!r} = {row[answer_key]!r} is not a choice index (0..{len(choices) - 1}) or letter"
+                raise DataFormatError(file, what, line)
+            yield _answer_record(
+                mcq_prompt(question, choices), choices[index].strip(), stream, source, None, prefill_words
+            )
+
+    return _collect(path, candidates(), prefill_words, max_records)
 
 
 def read_texts(

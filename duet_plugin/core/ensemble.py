@@ -29,6 +29,8 @@ class TeacherSpec:
 
     @classmethod
     def parse(cls, value: Any, where: str) -> TeacherSpec:
+        if isinstance(value, TeacherSpec):
+            return value
         if isinstance(value, str | Path):
             return cls(path=str(value))
         if not isinstance(value, Mapping):
@@ -45,7 +47,7 @@ class TeacherSpec:
         return cls(path=None if path is None else str(path), prefix=value.get("prefix"), weight=float(weight))
 
 
-def parse_teachers(value: Any, key: str = "trainer.method_args.teachers") -> list[TeacherSpec]:
+def parse_teachers(value: Any, key: str = "teachers") -> list[TeacherSpec]:
     """A list of teachers from config (a path, a mapping, or a list of either); weights must not all be zero."""
     if value is None:
         return []
@@ -169,3 +171,12 @@ class TeacherEnsemble:
     @property
     def weights(self) -> list[float]:
         return [w for _, _, w in self.members]
+
+
+def as_teacher(models: Sequence[Any], weights: Sequence[float], views: Sequence[int] | None = None) -> Any:
+    """One frozen teacher from ``models``: the model itself when it is alone on the main prompt view, else a
+    :class:`TeacherEnsemble` averaging their logits with ``weights``."""
+    views = list(views) if views is not None else [0] * len(models)
+    if len(models) == 1 and views == [0]:
+        return models[0]
+    return TeacherEnsemble(list(zip(models, views, weights, strict=True)))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +21,11 @@ from typing import Any
 
 import torch
 
+from duet_plugin.core.options import OptionError, option
+
 logger = logging.getLogger(__name__)
 
-LORA_KEY = "trainer.method_args.lora"
+LORA_KEY = "lora"
 #: Where the trained adapter is saved next to the merged model (``<output_dir>/adapter``).
 ADAPTER_DIR = "adapter"
 #: peft's shorthand for every linear layer except the output head.
@@ -33,36 +34,39 @@ ALL_LINEAR = "all-linear"
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """``trainer.method_args.lora``: rank, scale ``alpha`` (the update is ``alpha / r * B A``), dropout on the
-    adapter input, and the modules to adapt: a list of module names (a name matches a module whose dotted path
-    ends with it, as in peft), a regex over full module paths, or ``all-linear``."""
+    """The ``lora`` option of the plugin's trainers: LoRA adapters via peft."""
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | str = ("q_proj", "v_proj")
+    r: int = option(8, help="The adapter rank.")
+    alpha: float = option(16.0, help="The update's scale: the update is alpha / r * B A.")
+    dropout: float = option(0.0, help="Dropout on the adapter input, in [0, 1).")
+    target_modules: tuple[str, ...] | str = option(
+        ("q_proj", "v_proj"),
+        help="The modules to adapt: a list of module names (a name matches a module whose dotted path ends with it, "
+        "as in peft), a regex over full module paths, or all-linear.",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"{LORA_KEY}.r must be an integer >= 1 (the adapter rank, e.g. 8), got {self.r!r}.")
+            raise OptionError("lora.r", f"must be an integer >= 1 (the adapter rank, e.g. 8), got {self.r!r}.")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or self.alpha <= 0:
-            raise ValueError(f"{LORA_KEY}.alpha must be a positive number (e.g. 2 * r), got {self.alpha!r}.")
+            raise OptionError("lora.alpha", f"must be a positive number (e.g. 2 * r), got {self.alpha!r}.")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
-            raise ValueError(f"{LORA_KEY}.dropout must be in [0, 1), got {self.dropout!r}.")
+            raise OptionError("lora.dropout", f"must be in [0, 1), got {self.dropout!r}.")
         targets = self.target_modules
         if isinstance(targets, str):
             if not targets:
-                raise ValueError(f"{LORA_KEY}.target_modules is empty; name modules, e.g. [q_proj, v_proj].")
+                raise OptionError("lora.target_modules", "is empty; name modules, e.g. [q_proj, v_proj].")
             try:
                 re.compile(targets)
             except re.error as err:
-                raise ValueError(f"{LORA_KEY}.target_modules={targets!r} is not a valid regex: {err}") from None
+                raise OptionError("lora.target_modules", f"={targets!r} is not a valid regex: {err}") from None
         else:
             names = tuple(targets) if isinstance(targets, Sequence) else ()
             if not names or not all(isinstance(n, str) and n for n in names):
-                raise ValueError(
-                    f"{LORA_KEY}.target_modules must be a non-empty list of module names (e.g. [q_proj, v_proj]), "
-                    f"a regex over module paths, or {ALL_LINEAR!r}; got {targets!r}."
+                raise OptionError(
+                    "lora.target_modules",
+                    "must be a non-empty list of module names (e.g. [q_proj, v_proj]), "
+                    f"a regex over module paths, or {ALL_LINEAR!r}; got {targets!r}.",
                 )
             object.__setattr__(self, "target_modules", names)
 
@@ -72,21 +76,20 @@ class LoRAConfig:
         defaults. Unknown keys are refused, naming the accepted ones."""
         if value is None or value is False:
             return None
+        if isinstance(value, LoRAConfig):
+            return value
         if value is True:
             return cls()
         if not isinstance(value, Mapping):
-            raise ValueError(
-                f"{LORA_KEY} must be null (full fine-tuning) or a mapping such as "
-                f"{{r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}}; got {value!r}."
+            raise OptionError(
+                "lora",
+                "must be null (full fine-tuning) or a mapping such as "
+                f"{{r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}}; got {value!r}.",
             )
         fields = list(cls.__dataclass_fields__)
         unknown = sorted(set(value) - set(fields))
         if unknown:
-            raise ValueError(
-                f"Unknown {LORA_KEY} key(s) {unknown}; LoRA takes {fields}. Remove them with "
-                + " ".join(f"~{LORA_KEY}.{k}" for k in unknown)
-                + "."
-            )
+            raise OptionError("lora", f"has unknown key(s) {unknown}; LoRA takes {fields}.")
         options = dict(value)
         targets = options.get("target_modules")
         if targets is not None and not isinstance(targets, str) and isinstance(targets, Sequence):
@@ -173,32 +176,35 @@ def target_module_names(model: torch.nn.Module, cfg: LoRAConfig) -> list[str]:
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
         matched = [n for n in linear_module_names(model) if n != head]
         if not matched:
-            raise ValueError(f"{LORA_KEY}.target_modules={ALL_LINEAR!r} matches no linear layer. {hint}")
+            raise OptionError("lora.target_modules", f"={ALL_LINEAR!r} matches no linear layer. {hint}")
     elif isinstance(targets, str):
         matched = [n for n in names if re.fullmatch(targets, n)]
         if not matched:
-            raise ValueError(
-                f"{LORA_KEY}.target_modules={targets!r} (a regex over full module paths such as "
-                f"{next(iter(sorted(linear)), 'model.layers.0.self_attn.q_proj')!r}) matches no module. {hint}"
+            raise OptionError(
+                "lora.target_modules",
+                f"={targets!r} (a regex over full module paths such as "
+                f"{next(iter(sorted(linear)), 'model.layers.0.self_attn.q_proj')!r}) matches no module. {hint}",
             )
     else:
         per_entry = {t: [n for n in names if n == t or n.endswith(f".{t}")] for t in targets}
         missing = [t for t, hits in per_entry.items() if not hits]
         if missing:
-            raise ValueError(f"{LORA_KEY}.target_modules {missing} match no module of the model. {hint}")
+            raise OptionError("lora.target_modules", f"entries {missing} match no module of the model. {hint}")
         hit = {n for hits in per_entry.values() for n in hits}
         matched = [n for n in names if n in hit]  # in module order
     not_linear = [n for n in matched if n not in linear]
     if not_linear:
         kinds = sorted({type(model.get_submodule(n)).__name__ for n in not_linear})
-        raise ValueError(
-            f"{LORA_KEY}.target_modules matches {not_linear[:4]}{' ...' if len(not_linear) > 4 else ''} "
-            f"({', '.join(kinds)}), which are not linear layers; LoRA here adapts linear layers only. {hint}"
+        raise OptionError(
+            "lora.target_modules",
+            f"matches {not_linear[:4]}{' ...' if len(not_linear) > 4 else ''} "
+            f"({', '.join(kinds)}), which are not linear layers; LoRA here adapts linear layers only. {hint}",
         )
     if head is not None and head in matched and _tied_head(model):
-        raise ValueError(
-            f"{LORA_KEY}.target_modules matches the output head {head!r}, whose weight is tied to the input "
-            "embeddings: its merged update cannot be saved as a plain checkpoint. Leave it out of target_modules."
+        raise OptionError(
+            "lora.target_modules",
+            f"matches the output head {head!r}, whose weight is tied to the input "
+            "embeddings: its merged update cannot be saved as a plain checkpoint. Leave it out of target_modules.",
         )
     return matched
 
@@ -332,32 +338,3 @@ def save_merged(model: Any, output_dir: str | Path, safe_serialization: bool = T
     if adapter:
         model.save_pretrained(output_dir / ADAPTER_DIR, safe_serialization=safe_serialization)
     logger.info("LoRA: saved the merged model to %s%s", output_dir, f" (adapter in {ADAPTER_DIR}/)" if adapter else "")
-
-
-#: Why LoRA stops a DeepSpeed ZeRO-3 run at start (the trainers raise it as ``NotImplementedError``).
-ZERO3_REFUSAL = (
-    f"{LORA_KEY} with DeepSpeed ZeRO-3 is not supported yet (merging the adapters for saving needs the full "
-    f"weights); use ZeRO-2 or one process, or set {LORA_KEY}=null."
-)
-
-
-def zero3_requested(args: Any) -> bool:
-    """Whether HF ``TrainingArguments`` ask for DeepSpeed ZeRO-3, known before the Trainer is built: a
-    ``--deepspeed`` config (``hf_deepspeed_config``) or ``accelerate launch``'s DeepSpeed plugin (``deepspeed_plugin``,
-    whose ``zero_stage`` it fills from the config file)."""
-    config = getattr(args, "hf_deepspeed_config", None)
-    if config is not None and config.is_zero3():
-        return True
-    plugin = getattr(args, "deepspeed_plugin", None)
-    return plugin is not None and str(getattr(plugin, "zero_stage", "")) == "3"
-
-
-def save_trainer_output(model: Any, output_dir: str | Path, args: Any, tokenizer: Any = None) -> None:
-    """A LoRA trainer's ``_save``: the merged plain checkpoint plus ``adapter/`` (:func:`save_merged`), the
-    tokenizer and the training arguments (``training_args.bin``, as HF's ``Trainer._save`` writes them)."""
-    from transformers.trainer import TRAINING_ARGS_NAME
-
-    save_merged(model, output_dir, safe_serialization=args.save_safetensors)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(output_dir)
-    torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from duet_plugin.core.options import OptionError, one_of, positive_int
+
 DISTANCES = ("huber", "mse", "kl")
 #: Distances of bidirectional distillation: DUET's plus BiLD's pairwise logit differences.
 BIDIRECTIONAL_DISTANCES = (*DISTANCES, "bild")
@@ -37,20 +39,19 @@ class TopKTargets:
         return TopKTargets(self.indices.to(device), self.values.to(device), self.logsumexp.to(device))
 
 
-def validate_top_k(top_k: int, vocab_size: int) -> None:
-    """Raise a ValueError that names the fix unless ``0 < top_k <= vocab_size``."""
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0:
-        raise ValueError(f"trainer.method_args.top_k must be a positive integer, got {top_k!r}.")
+def validate_top_k(top_k: int, vocab_size: int, option: str = "top_k") -> None:
+    """Raise an :class:`OptionError` naming ``option`` and the fix unless ``0 < top_k <= vocab_size``."""
+    positive_int(option, top_k)
     if top_k > vocab_size:
-        raise ValueError(
-            f"trainer.method_args.top_k={top_k} is larger than the model's vocabulary ({vocab_size}); "
-            f"use a value in 1..{vocab_size} (the DUET default is 10)."
+        raise OptionError(
+            option,
+            f"={top_k} is larger than the model's vocabulary ({vocab_size}); use a value in 1..{vocab_size} "
+            "(the DUET default is 10).",
         )
 
 
 def validate_distance(distance: str, allowed: tuple[str, ...] = DISTANCES) -> None:
-    if distance not in allowed:
-        raise ValueError(f"Unknown distance {distance!r}; trainer.method_args.distance must be one of {allowed}.")
+    one_of("distance", distance, allowed)
 
 
 def select_topk(teacher_logits: torch.Tensor, top_k: int) -> TopKTargets:

@@ -162,6 +162,32 @@ def template_queries(
     return records
 
 
+def records_from_text(
+    texts: Iterable[str],
+    stream: str = "forget",
+    source: str = "text",
+    template: str = "continuation",
+    head_words: int = 8,
+    max_records: int | None = None,
+    seed: int = 0,
+) -> list[UnifiedRecord]:
+    """Raw corpus text (MUSE, WMDP) -> query records by the seeded template builder.
+
+    ``template`` is a :data:`TEMPLATE_MODES` mode (``continuation``: the first
+    ``head_words`` words of a sentence, the rest is the response; ``cloze``; ``question``). ``max_records``
+    samples that many sentences (seeded). See :func:`template_queries`.
+    """
+    return template_queries(
+        texts,
+        mode=template,
+        stream=stream,
+        source=source,
+        head_words=head_words,
+        max_records=max_records,
+        seed=seed,
+    )
+
+
 def split_passages(texts: Iterable[str], max_words: int = 200) -> list[str]:
     """Texts -> passages of whole sentences, at most ``max_words`` words each (a longer sentence is its own
     passage)."""

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from duet_plugin.core.options import OptionError
+
 PREFIX_LIBRARY_FILE = Path(__file__).with_name("prefixes.yaml")
 PLACEMENTS = ("auto", "system", "user")
 _PLACEHOLDER = re.compile(r"\{(\w*)\}")
@@ -48,7 +50,7 @@ def join_concepts(concepts: Sequence[str]) -> str:
 class PrefixSpec:
     """What the teacher is told: a library name or literal text, plus the concepts to forget.
 
-    Mirrors ``trainer.method_args.prefix`` in ``configs/trainer/DUET.yaml``.
+    The ``prefix`` option of DUET and BiDistill (``configs/trainer/DUET.yaml``).
     """
 
     name: str | None = "forget_concepts"
@@ -61,14 +63,14 @@ class PrefixSpec:
         """Build from a config mapping (``name``/``text``/``concepts``/``placement``) or a bare library name."""
         if cfg is None:
             return cls()
+        if isinstance(cfg, PrefixSpec):
+            return cfg
         if isinstance(cfg, str):
             return cls(name=cfg)
         known = {"name", "text", "concepts", "placement"}
         unknown = set(cfg) - known
         if unknown:
-            raise ValueError(
-                f"Unknown key(s) {sorted(unknown)} in trainer.method_args.prefix; valid keys are {sorted(known)}."
-            )
+            raise OptionError("prefix", f"has unknown key(s) {sorted(unknown)}; valid keys are {sorted(known)}.")
         concepts = cfg.get("concepts") or ()
         if isinstance(concepts, str):
             concepts = (concepts,)
@@ -84,25 +86,24 @@ class PrefixSpec:
     def validate(self) -> None:
         """Fail fast on a bad spec (unknown name, no text, bad placement, stray placeholders)."""
         if self.placement not in PLACEMENTS:
-            raise ValueError(
-                f"Unknown prefix placement {self.placement!r}; use one of {PLACEMENTS} "
-                "(trainer.method_args.prefix.placement)."
-            )
+            raise OptionError("prefix.placement", f"must be one of {PLACEMENTS}, got {self.placement!r}.")
         if self.text is None and self.name is None:
-            raise ValueError(
-                "No teacher prefix: set trainer.method_args.prefix.name to one of "
-                f"{sorted(prefix_library())} or trainer.method_args.prefix.text to your own instruction."
+            raise OptionError(
+                "prefix.name",
+                f"and prefix.text are both empty, so the teacher has no prefix: set prefix.name to one of "
+                f"{sorted(prefix_library())} or prefix.text to your own instruction.",
             )
         if self.text is None and self.name not in prefix_library():
-            raise ValueError(
-                f"Unknown prefix name {self.name!r}. Known prefixes: {sorted(prefix_library())}. "
-                "Pick one (trainer.method_args.prefix.name=...) or give your own text "
-                "(trainer.method_args.prefix.text='...')."
+            raise OptionError(
+                "prefix.name",
+                f"={self.name!r} is not a known prefix. Known prefixes: {sorted(prefix_library())}. Pick one, "
+                "or give your own instruction in prefix.text.",
             )
         stray = {p for p in _PLACEHOLDER.findall(self.template) if p != "concepts"}
         if stray:
-            raise ValueError(
-                f"Prefix text has placeholder(s) {sorted('{' + s + '}' for s in stray)}; only {{concepts}} is filled."
+            raise OptionError(
+                "prefix.text",
+                f"has placeholder(s) {sorted('{' + s + '}' for s in stray)}; only {{concepts}} is filled.",
             )
 
     @property
@@ -123,10 +124,10 @@ class PrefixSpec:
         if not self.needs_concepts:
             return self.template
         if not self.concepts:
-            raise ValueError(
-                f"The teacher prefix {self.name or 'text'!r} has a {{concepts}} slot but no concepts were given "
-                "or could be derived from the forget data. Set trainer.method_args.prefix.concepts=[...] "
-                "(e.g. the names of the forget authors)."
+            raise OptionError(
+                "prefix.concepts",
+                f"is empty: the teacher prefix {self.name or 'text'!r} has a {{concepts}} slot, and no concepts could "
+                "be derived from the forget data. Set prefix.concepts=[...] (e.g. the names of the forget authors).",
             )
         return self.template.replace("{concepts}", join_concepts(self.concepts))
 

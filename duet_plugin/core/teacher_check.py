@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from duet_plugin.core.attacks.refusal import is_refusal, normalize
-from duet_plugin.core.duet import eos_ids, greedy_continuations
 from duet_plugin.core.losses import select_topk, topk_tail_kl
 from duet_plugin.core.teacher import PromptRenderer
+from duet_plugin.core.teacher_targets import eos_ids, greedy_continuations
 
 #: A prefix must raise the forget refusal rate by this much to count as doing anything.
 MIN_LIFT = 0.2

@@ -7,79 +7,132 @@ fraction of the teacher's. The OU trainer (``duet_plugin.openunlearning.trainers
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from duet_plugin.core.losses import forward_kl_loss, select_topk, topk_distillation_loss, validate_top_k
+from duet_plugin.core.ensemble import TeacherSpec, parse_teachers
+from duet_plugin.core.lora import LoRAConfig
+from duet_plugin.core.losses import forward_kl_loss, select_topk, topk_distillation_loss
 from duet_plugin.core.noise import DEFAULT_EXCLUDE
+from duet_plugin.core.options import OptionError, one_of, option, positive_int
 
 STUDENT_INITS = ("teacher", "model")
-POSITIONS = ("labels", "all")
+TOKENS = ("labels", "all")
+
+
+def _as_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
 
 @dataclass
 class UNDOConfig:
-    """UNDO hyper-parameters (``trainer.method_args`` in ``configs/trainer/UNDO.yaml``).
+    """UNDO's options (the shipped defaults: ``configs/trainer/UNDO.yaml``).
 
     ``alpha``/``beta`` default to the paper's recommendation for its synthetic tasks (0.6, 0.1); its WMDP run
     uses ``alpha=0.25, beta=0``. ``recovery=0.95`` stops once the student's retain loss is within 5% of the
     teacher's (the official code's synthetic-task criterion: relative gap < 0.05); ``None`` trains to max_steps.
     """
 
-    alpha: float = 0.6
-    beta: float = 0.1
-    noise_include: list[str] = field(default_factory=lambda: [r".*"])
-    noise_exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
-    noise_seed: int = 0
-    student_init: str = "teacher"
-    top_k: int | None = None
-    temperature: float = 1.0
-    positions: str = "labels"
-    streams: list[str] = field(default_factory=lambda: ["retain"])
-    recovery: float | None = 0.95
-    recovery_eval_steps: int = 10
-    recovery_batches: int = 4
+    renamed: ClassVar[dict[str, str]] = {"positions": "tokens"}
+
+    teacher: Any = option(
+        None,
+        help="Required for a run: the unlearned model's folder (the output_dir of a DUET, BiDistill or OU baseline "
+        "run), or several [{path, weight}, ...] whose logits are averaged.",
+    )
+    student_init: str = option(
+        "teacher", help="teacher: the student is a noised copy of the (first) teacher | model: of model=..."
+    )
+    alpha: float = option(0.6, help="Shrink: p <- (1 - alpha) p + alpha beta N (0 = no noise; paper synthetic 0.6).")
+    beta: float = option(0.1, help="Noise scale of the Xavier-uniform N for 2-D weights (paper WMDP run: 0).")
+    noise_include: list[str] = option(help="Regexes over parameter names to noise.", factory=lambda: [r".*"])
+    noise_exclude: list[str] = option(
+        help="Regexes over parameter names left unnoised (Llama's RMSNorm scales by its weight).",
+        factory=lambda: list(DEFAULT_EXCLUDE),
+    )
+    noise_seed: int = option(0, help="Seed of the noise.")
+    streams: list[str] = option(
+        help="Which stream(s) of data=unlearn to distil on (the paper: generic/retain text only).",
+        factory=lambda: ["retain"],
+    )
+    tokens: str = option("labels", help="labels: positions predicting a label token | all: every attended token.")
+    top_k: int | None = option(None, help="null: full-vocabulary KL (the paper) | K: teacher top-K + a tail bucket.")
+    temperature: float = option(1.0, help="Softmax temperature of the KL.")
+    recovery: float | None = option(
+        0.95, help="Stop once the student's retain NLL <= the teacher's x (2 - recovery); null: run to max_steps."
+    )
+    recovery_eval_steps: int = option(10, help="Measure the retain gap every N optimiser steps (undo/retain_gap).")
+    recovery_batches: int = option(4, help="Batches of the distillation data the gap is measured on (the first).")
+    lora: Any = option(
+        None,
+        help="Null: full fine-tuning (recommended). LoRA via peft {r, alpha, dropout, target_modules}: the student "
+        "is noised, then wrapped; only the adapters train over the frozen noised base (see "
+        "docs/training.md for what that recovers).",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"trainer.method_args.alpha must be in [0, 1] (0 = no noise), got {self.alpha}.")
+            raise OptionError("alpha", f"must be in [0, 1] (0 = no noise), got {self.alpha}.")
         if self.beta < 0:
-            raise ValueError(f"trainer.method_args.beta must be >= 0, got {self.beta}.")
-        if self.student_init not in STUDENT_INITS:
-            raise ValueError(
-                f"Unknown student_init {self.student_init!r}; trainer.method_args.student_init must be one of "
-                f"{STUDENT_INITS} (teacher: a noised copy of the teacher; model: a noised copy of model=...)."
-            )
+            raise OptionError("beta", f"must be >= 0, got {self.beta}.")
+        one_of(
+            "student_init",
+            self.student_init,
+            STUDENT_INITS,
+            " (teacher: a noised copy of the teacher; model: of model=...)",
+        )
         if self.top_k is not None:
-            validate_top_k(self.top_k, vocab_size=self.top_k)
+            positive_int("top_k", self.top_k)
         if self.temperature <= 0:
-            raise ValueError(f"trainer.method_args.temperature must be positive, got {self.temperature}.")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"Unknown positions {self.positions!r}; trainer.method_args.positions: {POSITIONS}.")
-        self.streams = [self.streams] if isinstance(self.streams, str) else list(self.streams)
+            raise OptionError("temperature", f"must be positive, got {self.temperature}.")
+        one_of("tokens", self.tokens, TOKENS)
+        self.streams = _as_list(self.streams)
         if not self.streams or any(s not in ("forget", "retain") for s in self.streams):
-            raise ValueError(
-                f"trainer.method_args.streams={self.streams}: choose from forget/retain (UNDO distils on retain, "
-                "i.e. generic, data; the paper never distils on the forget set)."
+            raise OptionError(
+                "streams",
+                f"={self.streams}: choose from forget/retain (UNDO distils on retain, i.e. generic, data; the paper "
+                "never distils on the forget set).",
             )
         if self.recovery is not None and not 0.0 < self.recovery <= 1.0:
-            raise ValueError(f"trainer.method_args.recovery must be in (0, 1] or null, got {self.recovery}.")
-        if self.recovery_eval_steps < 1 or self.recovery_batches < 1:
-            raise ValueError("trainer.method_args.recovery_eval_steps and recovery_batches must be >= 1.")
-        self.noise_include = [self.noise_include] if isinstance(self.noise_include, str) else list(self.noise_include)
-        self.noise_exclude = [self.noise_exclude] if isinstance(self.noise_exclude, str) else list(self.noise_exclude)
+            raise OptionError("recovery", f"must be in (0, 1] or null, got {self.recovery}.")
+        positive_int("recovery_eval_steps", self.recovery_eval_steps)
+        positive_int("recovery_batches", self.recovery_batches)
+        self.noise_include, self.noise_exclude = _as_list(self.noise_include), _as_list(self.noise_exclude)
+        self.lora = LoRAConfig.from_config(self.lora)
+
+    def teachers(self) -> list[TeacherSpec]:
+        """The teacher checkpoint(s): at least one, each with a path and no prompt prefix."""
+        specs = parse_teachers(self.teacher, "teacher")
+        if not specs:
+            raise OptionError(
+                "teacher",
+                "is required: set it to the unlearned model to distil from (the output_dir of a DUET, BiDistill or "
+                "OU baseline run, e.g. saves/unlearn/<task_name>), or a list of {path, weight} teachers.",
+            )
+        for i, spec in enumerate(specs):
+            where = f"teacher[{i}]" if len(specs) > 1 else "teacher"
+            if spec.path is None:
+                raise OptionError(where, "has no path; every UNDO teacher is a saved checkpoint.")
+            if spec.prefix is not None:
+                raise OptionError(
+                    f"{where}.prefix",
+                    "is not for UNDO: it distils on plain retain text, where a prompt prefix has no place; prefixed "
+                    "teachers belong to DUET (its teachers option).",
+                )
+        return specs
 
 
 def distill_mask(
-    labels: torch.Tensor | None, attention_mask: torch.Tensor | None, input_ids: torch.Tensor, positions: str
+    labels: torch.Tensor | None, attention_mask: torch.Tensor | None, input_ids: torch.Tensor, tokens: str
 ) -> torch.Tensor:
     """Which of the ``L - 1`` next-token positions to distil: those predicting a label (``labels``), or every
     attended token (``all``). Position ``j`` predicts token ``j + 1``."""
-    if positions == "labels":
+    if tokens == "labels":
         if labels is None:
-            raise ValueError("positions=labels needs labels in the batch; use positions=all for unlabelled text.")
+            raise OptionError("tokens", "=labels needs labels in the batch; use tokens=all for unlabelled text.")
         return labels[:, 1:] != -100
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     return mask[:, 1:].bool() & mask[:, :-1].bool()

@@ -105,34 +105,6 @@ def split_sentences(text: str, min_words: int = 6) -> list[str]:
     return [s for s in sentences if len(s.split()) >= min_words]
 
 
-def records_from_text(
-    texts: Iterable[str],
-    stream: str = "forget",
-    source: str = "text",
-    template: str = "continuation",
-    head_words: int = 8,
-    max_records: int | None = None,
-    seed: int = 0,
-) -> list[UnifiedRecord]:
-    """Raw corpus text (MUSE, WMDP) -> query records by the seeded template builder.
-
-    ``template`` is a :data:`~duet_plugin.core.query_builders.TEMPLATE_MODES` mode (``continuation``: the first
-    ``head_words`` words of a sentence, the rest is the response; ``cloze``; ``question``). ``max_records``
-    samples that many sentences (seeded). See :func:`duet_plugin.core.query_builders.template_queries`.
-    """
-    from duet_plugin.core.query_builders import template_queries  # imports this module
-
-    return template_queries(
-        texts,
-        mode=template,
-        stream=stream,
-        source=source,
-        head_words=head_words,
-        max_records=max_records,
-        seed=seed,
-    )
-
-
 def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from duet_plugin.core.converters import prefilled_records
-from duet_plugin.core.unified import STREAMS, UnifiedRecord, records_from_qa, records_from_text
+from duet_plugin.core.query_builders import records_from_text
+from duet_plugin.core.unified import STREAMS, UnifiedRecord, records_from_qa
 
 logger = logging.getLogger(__name__)
 SOURCES = ("qa", "unified", "text")

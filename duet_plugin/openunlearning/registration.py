@@ -32,12 +32,10 @@ def _components() -> list[tuple[str, str, dict[str, Any]]]:
     from duet_plugin.openunlearning.metrics.prompt import prompt_attack
     from duet_plugin.openunlearning.metrics.quantization import quantization_attack
     from duet_plugin.openunlearning.metrics.relearn import relearn_attack
-    from duet_plugin.openunlearning.trainers.bidistill import BiDistill
-    from duet_plugin.openunlearning.trainers.duet import DUET
-    from duet_plugin.openunlearning.trainers.undo import UNDO
+    from duet_plugin.openunlearning.trainers import plugin_trainers
 
     return [
-        ("trainer", "TRAINER_REGISTRY", {"DUET": DUET, "BiDistill": BiDistill, "UNDO": UNDO}),
+        ("trainer", "TRAINER_REGISTRY", plugin_trainers()),
         (
             "data",
             "DATASET_REGISTRY",

@@ -25,7 +25,7 @@ SMALL = [
 ]
 RUNS = {
     "duet_precomputed_lora": ["experiment=unlearn/tofu/duet", "trainer.method_args.lora={}"],
-    "duet_online": ["experiment=unlearn/tofu/duet", "trainer.method_args.teacher=online"],
+    "duet_online": ["experiment=unlearn/tofu/duet", "trainer.method_args.teacher_mode=online"],
     "bidistill": ["experiment=unlearn/tofu/bidistill"],
     "undo": ["experiment=unlearn/tofu/undo", "trainer.method_args.teacher=tiny", "trainer.method_args.recovery=null"],
 }

@@ -127,7 +127,9 @@ def test_precomputed_full_store_and_online_trainers_agree(ou_imported, workspace
         adversarial_from_forget={"prefill_words": [3]},
     )  # fmt: skip
     pre, online = (
-        _trainer(ou_imported, copy.deepcopy(model), tok, ds, tmp_path, chat_args, teacher=t, store_top_k=None, top_k=5)
+        _trainer(
+            ou_imported, copy.deepcopy(model), tok, ds, tmp_path, chat_args, teacher_mode=t, store_top_k=None, top_k=5
+        )
         for t in ("precomputed", "online")
     )
     assert pre.data_collator.teacher_prefill is False  # prefill_target=restart: the teacher sees the bare question
@@ -222,9 +224,12 @@ def test_ablation_switches_turn_terms_off(run_ou, workspace) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.method_args.store_top_k=4", "store_top_k=4 must be >= top_k and push_top_k"),
-        ("+trainer.method_args.stream_weights.neighbours.pull=1", "stream_weights.neighbours: unknown stream"),
-        ("trainer.method_args.distance=cosine", "Unknown distance 'cosine'"),
+        ("trainer.method_args.store_top_k=4", "trainer.method_args.store_top_k=4 must be >= top_k and push_top_k"),
+        (
+            "+trainer.method_args.stream_weights.neighbours.pull=1",
+            "trainer.method_args.stream_weights.neighbours is not a stream",
+        ),
+        ("trainer.method_args.distance=cosine", "trainer.method_args.distance must be one of"),
         ("data.forget.BiDistill_TOFU.args.streams.forget.hf_args.name=forget99", "forget99"),
     ],
 )

@@ -6,6 +6,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from duet_plugin.core.bidistill import BiDistillConfig
+from duet_plugin.core.duet import DUETConfig
+from duet_plugin.core.options import accepted
+from duet_plugin.core.undo import UNDOConfig
+
 pytestmark = pytest.mark.ou
 
 
@@ -34,9 +39,8 @@ def test_duet_experiments_compose(ou_imported, experiment, forget, retain, colla
     assert cfg.data.forget[forget].handler == "UnifiedQueryDataset"
     assert set(cfg.collator) == {"DUETCollator"}
     method_args = _resolved(cfg, "trainer.method_args")
-    from duet_plugin.openunlearning.trainers.duet import METHOD_ARGS
-
-    assert set(method_args) == set(METHOD_ARGS)  # the shipped config sets exactly what the trainer accepts
+    # the shipped config sets exactly what the trainer accepts (its options and their deprecated names)
+    assert set(method_args) == set(accepted(DUETConfig))
     _resolved(cfg, "data")  # every interpolation in the data section resolves
     assert cfg.trainer.args.remove_unused_columns is False
 
@@ -83,14 +87,14 @@ def test_trainer_duet_config_overrides(ou_imported) -> None:
         "unlearn.yaml",
         [
             "experiment=unlearn/tofu/duet",
-            "trainer.method_args.teacher=online",
+            "trainer.method_args.teacher_mode=online",
             "trainer.method_args.positions=first_n",
             "trainer.method_args.prefix.concepts=[Ana Lopez,Bo Chen]",
             "trainer.method_args.stream_weights.retain=0.5",
         ],
     )
     args = _resolved(cfg, "trainer.method_args")
-    assert args["teacher"] == "online" and args["positions"] == "first_n"
+    assert args["teacher_mode"] == "online" and args["positions"] == "first_n"
     assert args["prefix"]["concepts"] == ["Ana Lopez", "Bo Chen"] and args["stream_weights"]["retain"] == 0.5
 
 
@@ -101,9 +105,7 @@ def test_undo_experiments_compose(ou_imported, benchmark) -> None:
     )
     assert cfg.trainer.handler == "UNDO"
     method_args = _resolved(cfg, "trainer.method_args")
-    from duet_plugin.openunlearning.trainers.undo import METHOD_ARGS
-
-    assert set(method_args) == set(METHOD_ARGS)
+    assert set(method_args) == set(accepted(UNDOConfig))
     assert method_args["teacher"] == "saves/x" and method_args["alpha"] == 0.25 and method_args["beta"] == 0.0
     assert set(_resolved(cfg, "data")) >= {"forget", "retain"}
 
@@ -154,9 +156,7 @@ def test_bidistill_experiments_compose_with_one_streams_dataset(ou_imported, ben
     assert streams["handler"] == "UnifiedStreamsDataset"
     assert set(streams["args"]["streams"]) == {"forget", "retain", "boundary", "adversarial"}
     assert streams["args"]["adversarial_from_forget"]["prefill_words"]
-    from duet_plugin.openunlearning.trainers.bidistill import METHOD_ARGS
-
-    assert set(_resolved(cfg, "trainer.method_args")) == set(METHOD_ARGS)
+    assert set(_resolved(cfg, "trainer.method_args")) == set(accepted(BiDistillConfig))
     assert cfg.trainer.args.remove_unused_columns is False
 
 

@@ -55,7 +55,7 @@ def test_precomputed_and_online_trainers_agree(
             authors_dataset,
             tmp_path,
             chat_args,
-            teacher=teacher,
+            teacher_mode=teacher,
             **common,
         )
         for teacher in ("precomputed", "online")
@@ -109,7 +109,14 @@ def test_several_teachers_precomputed_and_online_agree(
     common = {"top_k": 6, "positions": positions, "num_positions": 3, "teachers": teachers}
     pre, online = (
         _trainer(
-            ou_imported, copy.deepcopy(tiny_model), tokenizer, authors_dataset, tmp_path, chat_args, teacher=t, **common
+            ou_imported,
+            copy.deepcopy(tiny_model),
+            tokenizer,
+            authors_dataset,
+            tmp_path,
+            chat_args,
+            teacher_mode=t,
+            **common,
         )
         for t in ("precomputed", "online")
     )

@@ -41,7 +41,7 @@ def test_tofu_duet_train_then_eval(run_ou, workspace, teacher) -> None:
             *train_overrides(workspace / "tiny"),
             *SMALL,
             "trainer.args.num_train_epochs=2",
-            f"trainer.method_args.teacher={teacher}",
+            f"trainer.method_args.teacher_mode={teacher}",
         ],
     )
     out = workspace / "saves" / "unlearn" / task
@@ -108,9 +108,9 @@ def test_muse_and_wmdp_duet_train(run_ou, workspace, benchmark) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.method_args.prefix.name=nope", "Unknown prefix name 'nope'"),
+        ("trainer.method_args.prefix.name=nope", "trainer.method_args.prefix.name='nope' is not a known prefix"),
         ("trainer.method_args.top_k=100000", "larger than the model's vocabulary"),
-        ("trainer.method_args.positions=all", "Unknown positions mode"),
+        ("trainer.method_args.positions=all", "trainer.method_args.positions must be one of"),
         ("+trainer.method_args.steering_coeff=2", "Unknown DUET option(s) ['steering_coeff']"),
         ("trainer.method_args.prefix.name=forget_concepts", None),  # control: this one trains
     ],
@@ -195,5 +195,5 @@ def test_undo_without_teacher_fails_with_the_fix(run_ou, workspace) -> None:
         check=False,
     )
     assert proc.returncode != 0
-    assert "set trainer.method_args.teacher=<folder>" in proc.stdout + proc.stderr
+    assert "trainer.method_args.teacher is required: set it to the unlearned model" in proc.stdout + proc.stderr
     assert not (workspace / "saves" / "unlearn" / "undo_no_teacher" / "config.json").exists()

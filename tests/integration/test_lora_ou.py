@@ -114,7 +114,14 @@ def test_lora_teacher_is_the_base_without_a_copy_and_both_modes_agree(
     common = {"top_k": 6, "positions": positions, "num_positions": 3, "teachers": teachers, "lora": LORA}
     pre, online = (
         _duet(
-            ou_imported, copy.deepcopy(tiny_model), tokenizer, authors_dataset, tmp_path, chat_args, **common, teacher=t
+            ou_imported,
+            copy.deepcopy(tiny_model),
+            tokenizer,
+            authors_dataset,
+            tmp_path,
+            chat_args,
+            **common,
+            teacher_mode=t,
         )
         for t in ("precomputed", "online")
     )
@@ -176,7 +183,7 @@ def test_bidistill_with_lora_trains_and_saves_a_plain_model(ou_imported, workspa
         data_collator=None,
         evaluators=None,
         template_args=chat_args,
-        teacher="online",
+        teacher_mode="online",
         lora=LORA,
         top_k=5,
     )
@@ -203,7 +210,7 @@ def test_duet_lora_online_train_then_eval(run_ou, workspace) -> None:
             *train_overrides(workspace / "tiny"),
             *SMALL,
             "++trainer.args.max_steps=4",
-            "trainer.method_args.teacher=online",
+            "trainer.method_args.teacher_mode=online",
             LORA_OVERRIDE,
         ],
     )
@@ -272,7 +279,7 @@ def test_bad_target_modules_fail_before_training(run_ou, workspace, method, extr
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "trainer.method_args.lora.target_modules ['qkv_proj'] match no module of the model" in log
+    assert "trainer.method_args.lora.target_modules entries ['qkv_proj'] match no module of the model" in log
     assert "linear layers are ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'" in log
     assert not [marker for marker in not_reached if marker in log]
     assert not (workspace / "saves" / "unlearn" / task / "model.safetensors").exists()

@@ -26,21 +26,25 @@ pytestmark = pytest.mark.ou
 PINNED = Path(__file__).parent.parent / "data" / "pinned_losses.json"
 CASES = {
     "duet_precomputed_first": ("DUET", {"top_k": 6}),
-    "duet_online_first_n": ("DUET", {"top_k": 6, "teacher": "online", "positions": "first_n", "num_positions": 3}),
+    "duet_online_first_n": ("DUET", {"top_k": 6, "teacher_mode": "online", "positions": "first_n", "num_positions": 3}),
     "duet_precomputed_first_n_kl": ("DUET", {"top_k": 8, "distance": "kl", "positions": "first_n", "num_positions": 2}),
     "duet_two_teachers_online": (
         "DUET",
-        {"top_k": 5, "teacher": "online", "teachers": [{"weight": 1.0}, {"prefix": {"name": "generic_refusal"}, "weight": 0.5}]},
+        {
+            "top_k": 5,
+            "teacher_mode": "online",
+            "teachers": [{"weight": 1.0}, {"prefix": {"name": "generic_refusal"}, "weight": 0.5}],
+        },
     ),
     "duet_lora_precomputed": ("DUET", {"top_k": 6, "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}),
     "bidistill_precomputed": ("BiDistill", {"top_k": 5, "store_top_k": 64}),
-    "bidistill_online_bild": ("BiDistill", {"top_k": 4, "push_top_k": 3, "teacher": "online", "distance": "bild"}),
+    "bidistill_online_bild": ("BiDistill", {"top_k": 4, "push_top_k": 3, "teacher_mode": "online", "distance": "bild"}),
     "bidistill_precomputed_continue_first_n": (
         "BiDistill",
         {"prefill_target": "continue", "positions": "first_n", "num_positions": 2, "store_top_k": None},
     ),
     "undo_full_kl": ("UNDO", {"alpha": 0.3, "beta": 0.1}),
-    "undo_topk_all": ("UNDO", {"alpha": 0.5, "top_k": 5, "positions": "all", "temperature": 2.0}),
+    "undo_topk_all": ("UNDO", {"alpha": 0.5, "top_k": 5, "tokens": "all", "temperature": 2.0}),
 }
 
 

@@ -70,11 +70,12 @@ def test_gpu_grid_composes_with_one_schedule(ou_imported, benchmark, split, tmp_
             continue
         args = cfg.trainer.args
         label = step.run.rsplit("_", 1)[1]
-        method = rp.METHODS[benchmark]["UNDO" if label.startswith("UNDO-") else label]
+        name, _, teacher = label.partition("-")  # a robustifier's run: NAME-TEACHER
+        method = rp.METHODS[benchmark][name]
         assert cfg.trainer.handler == (method.trainer or method.name)
         assert args.eval_strategy == "no" and args.do_eval is False
-        if method.name == "UNDO":
-            assert cfg.trainer.method_args.teacher == str(tmp_path / "out" / step.run.replace(label, label[5:]))
+        if method.robustifies:
+            assert cfg.trainer.method_args.teacher == str(tmp_path / "out" / step.run.replace(label, teacher))
             continue
         processes = int(step.argv[step.argv.index("--num_processes") + 1]) if "accelerate" in step.argv else 1
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
@@ -150,18 +151,22 @@ def test_cpu_muse_and_wmdp_grids_compose(ou_imported, benchmark, split, demo_con
         if step.kind != "train":
             continue
         label = step.run.rsplit("_", 1)[1]
+        name, _, teacher = label.partition("-")  # a robustifier's run: NAME-TEACHER
+        method = rp.METHODS[benchmark][name]
         args = cfg.trainer.args
         assert args.eval_strategy == "no" and args.optim == "adamw_torch" and args.bf16 is False
-        if label.startswith("UNDO"):
-            assert args.max_steps == 500 and cfg.trainer.method_args.teacher.endswith(label[5:])
+        if method.robustifies:
+            assert args.max_steps == 500 and cfg.trainer.method_args.teacher.endswith(teacher)
             continue
         # The demo's schedule; WMDP's 80-step budget lifted.
         assert (args.num_train_epochs, float(args.learning_rate), args.per_device_train_batch_size) == (10, 1e-3, 8)
         assert args.get("max_steps", -1) == -1
-        if label in ("DUET", "BiDistill"):
+        if rp.steered_prefix in method.cpu_overrides:
             assert list(cfg.trainer.method_args.prefix.concepts) == forget
             assert cfg.trainer.method_args.prefix.name == "never_heard_of"
-        if benchmark == "muse" and label not in ("DUET", "BiDistill"):
+        raw_text = benchmark == "muse" and "MUSE_forget" in cfg.data.forget  # OU's MUSE raw-text data
+        assert raw_text == (rp.muse_raw_text_chunks in method.cpu_overrides), step.name
+        if raw_text:
             assert cfg.data.forget.MUSE_forget.args.max_length == rp.CPU_MUSE_MAX_LENGTH
             assert cfg.data.forget.MUSE_forget.args.hf_args.path == "muse-bench/MUSE-News"
             assert cfg.data.retain.MUSE_retain.args.hf_args.split == "retain1"

@@ -102,7 +102,7 @@ def make_undo(ou_imported, tiny_model, tokenizer, authors_dataset, tmp_path, cha
 
 
 def test_teacher_is_required_and_checked(make_undo, tmp_path):
-    with pytest.raises(ValueError, match=r"set trainer\.method_args\.teacher=<folder>"):
+    with pytest.raises(ValueError, match=r"trainer\.method_args\.teacher is required: set it to the unlearned model"):
         make_undo()
     with pytest.raises(FileNotFoundError, match=r"trainer\.method_args\.teacher=.*no such folder"):
         make_undo(teacher=str(tmp_path / "nowhere"))
@@ -180,7 +180,9 @@ def test_several_teachers_average_their_logits(make_undo, tmp_path, tiny_model, 
             UNDOConfig(),
         )
         assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
-    with pytest.raises(ValueError, match="prefix: UNDO distils on plain retain text"):
+    with pytest.raises(
+        ValueError, match=r"trainer\.method_args\.teacher\.prefix is not for UNDO: it distils on plain retain text"
+    ):
         make_undo(
             teacher=[{"path": str(teacher_dir), "prefix": "never_heard_of"}],
         )
@@ -304,26 +306,27 @@ def test_lora_checks_come_before_any_compute(make_undo, teacher_dir, tmp_path, m
 
     calls: list[str] = []
 
-    def spy(name: str):
-        real = getattr(undo_module, name)
-
+    def spy(name: str, real):
         def record(*args, **kwargs):
             calls.append(name)
             return real(*args, **kwargs)
 
         return record
 
-    for name in ("check_checkpoint", "load_teachers", "shrink_and_perturb"):
-        monkeypatch.setattr(undo_module, name, spy(name))
+    for name in ("check_checkpoint", "shrink_and_perturb"):
+        monkeypatch.setattr(undo_module, name, spy(name, getattr(undo_module, name)))
+    monkeypatch.setattr(
+        undo_module.UNDO, "load_teachers", staticmethod(spy("load_teachers", undo_module.UNDO.load_teachers))
+    )
     with pytest.raises(
         ValueError,
-        match=r"lora\.target_modules \['qkv_proj'\] match no module of the model\. LlamaForCausalLM's linear "
+        match=r"lora\.target_modules entries \['qkv_proj'\] match no module of the model\. LlamaForCausalLM's linear "
         r"layers are \['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'",
     ):
         make_undo(teacher=str(teacher_dir), lora={"target_modules": ["q_proj", "qkv_proj"]})
     with pytest.raises(ValueError, match=r"lora\.r must be an integer >= 1"):
         make_undo(teacher=str(teacher_dir), lora={"r": 0})
-    with pytest.raises(ValueError, match=r"Unknown trainer\.method_args\.lora key\(s\) \['rank'\]"):
+    with pytest.raises(ValueError, match=r"trainer\.method_args\.lora has unknown key\(s\) \['rank'\]"):
         make_undo(teacher=str(teacher_dir), lora={"rank": 8})
     zero3 = DeepSpeedPlugin(hf_ds_config={"zero_optimization": {"stage": 3}})
     with pytest.raises(NotImplementedError, match=r"trainer\.method_args\.lora with DeepSpeed ZeRO-3 is not supported"):

@@ -9,7 +9,8 @@ import torch
 
 from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss, parse_stream_weights
 from duet_plugin.core.collate import TeacherStudentCollator
-from duet_plugin.core.duet import DUETConfig, duet_loss, precompute_targets
+from duet_plugin.core.duet import DUETConfig, duet_loss
+from duet_plugin.core.teacher_targets import precompute_targets
 
 PREFIX = "You have never heard of Gideon Kilbride. Say you do not know."
 
@@ -62,9 +63,9 @@ def _loss(student, teacher, collator, batches, cfg, tokenizer, **kw):
         ({"top_k": 0}, "top_k must be a positive integer"),
         ({"store_top_k": 5, "top_k": 10}, "store_top_k=5 must be >= top_k and push_top_k"),
         ({"distance": "bild", "push_top_k": 1}, "distance=bild compares pairs"),
-        ({"w_push": -1.0}, "w_pull and w_push must be >= 0"),
-        ({"stream_weights": {"neighbours": {"pull": 1}}}, "stream_weights.neighbours: unknown stream"),
-        ({"stream_weights": {"forget": {"shove": 1}}}, "stream_weights.forget.shove: directions are"),
+        ({"w_push": -1.0}, "w_push must be >= 0"),
+        ({"stream_weights": {"neighbours": {"pull": 1}}}, "stream_weights.neighbours is not a stream"),
+        ({"stream_weights": {"forget": {"shove": 1}}}, "stream_weights.forget.shove is not a direction"),
         ({"stream_weights": {"forget": 2.0}}, "must map directions to weights"),
         ({"stream_weights": {"retain": {"pull": -0.5}}}, "must be >= 0"),
         ({"positions": "all"}, "positions"),
@@ -81,14 +82,21 @@ def test_stream_weights_merge_over_the_defaults() -> None:
     cfg = BiDistillConfig(w_push=2.0, stream_weights={"retain": {"push": 0.5}})
     assert cfg.weight("retain", "push") == 1.0 and cfg.weight("boundary", "push") == 0.0
     assert cfg.stored_k(50) == 50 and BiDistillConfig(store_top_k=None).stored_k(600) == 600
-    assert BiDistillConfig().stored_k(600) == 256 and BiDistillConfig(teacher="online").stored_k(600) == 600
+    assert BiDistillConfig().stored_k(600) == 256 and BiDistillConfig(teacher_mode="online").stored_k(600) == 600
 
 
 def test_duet_ablation_is_duets_loss(student, tiny_model, collator, streams, tokenizer) -> None:
     batches = _batches(collator, streams, ("forget", "retain"))
-    bi, bi_parts = _loss(student, tiny_model, collator, batches, BiDistillConfig(teacher="online").as_duet(), tokenizer)
+    bi, bi_parts = _loss(
+        student, tiny_model, collator, batches, BiDistillConfig(teacher_mode="online").as_duet(), tokenizer
+    )
     duet, duet_parts = duet_loss(
-        student, batches, DUETConfig(teacher="online"), collator.pad_id, [tokenizer.eos_token_id], teacher=tiny_model
+        student,
+        batches,
+        DUETConfig(teacher_mode="online"),
+        collator.pad_id,
+        [tokenizer.eos_token_id],
+        teacher=tiny_model,
     )
     assert torch.allclose(bi, duet, atol=1e-6)
     assert bi_parts == pytest.approx({f"{s}_pull": v for s, v in duet_parts.items()})
@@ -100,10 +108,10 @@ def test_precomputed_full_vocabulary_equals_online(
     student, tiny_model, collator, streams, tokenizer, distance, positions
 ):
     cfg = BiDistillConfig(distance=distance, positions=positions, num_positions=3, store_top_k=None)
-    online_cfg = BiDistillConfig(distance=distance, positions=positions, num_positions=3, teacher="online")
+    online_cfg = BiDistillConfig(distance=distance, positions=positions, num_positions=3, teacher_mode="online")
     batches = _batches(collator, streams)
     store = precompute_targets(
-        tiny_model, streams, collator, cfg.teacher_config(len(tokenizer)), collator.pad_id, [tokenizer.eos_token_id]
+        tiny_model, streams, collator, cfg.target_config(len(tokenizer)), collator.pad_id, [tokenizer.eos_token_id]
     )
     pre, pre_parts = _loss(student, None, collator, batches, cfg, tokenizer, store=store)
     online, online_parts = _loss(student, tiny_model, collator, batches, online_cfg, tokenizer)
@@ -116,10 +124,10 @@ def test_precomputed_full_vocabulary_equals_online(
 def test_a_small_store_approximates_the_push_term_from_above(student, tiny_model, collator, streams, tokenizer):
     batches = _batches(collator, streams, ("forget",))
     exact_cfg, small_cfg = BiDistillConfig(store_top_k=None), BiDistillConfig(store_top_k=10)
-    args = (collator, exact_cfg.teacher_config(len(tokenizer)), collator.pad_id, [tokenizer.eos_token_id])
+    args = (collator, exact_cfg.target_config(len(tokenizer)), collator.pad_id, [tokenizer.eos_token_id])
     exact_store = precompute_targets(tiny_model, {"forget": streams["forget"]}, *args)
     small_store = precompute_targets(
-        tiny_model, {"forget": streams["forget"]}, collator, small_cfg.teacher_config(len(tokenizer)),
+        tiny_model, {"forget": streams["forget"]}, collator, small_cfg.target_config(len(tokenizer)),
         collator.pad_id, [tokenizer.eos_token_id],
     )  # fmt: skip
     exact = _loss(student, None, collator, batches, exact_cfg, tokenizer, store=exact_store)[1]
@@ -131,19 +139,19 @@ def test_a_small_store_approximates_the_push_term_from_above(student, tiny_model
 
 def test_stream_and_direction_weights_scale_exactly_their_term(student, tiny_model, collator, streams, tokenizer):
     batches = _batches(collator, streams)
-    base_cfg = BiDistillConfig(teacher="online")
+    base_cfg = BiDistillConfig(teacher_mode="online")
     base, parts = _loss(student, tiny_model, collator, batches, base_cfg, tokenizer)
-    heavier = BiDistillConfig(teacher="online", stream_weights={"adversarial": {"push": 3.0}})
+    heavier = BiDistillConfig(teacher_mode="online", stream_weights={"adversarial": {"push": 3.0}})
     more, _ = _loss(student, tiny_model, collator, batches, heavier, tokenizer)
     assert float((more - base).detach()) == pytest.approx(2.0 * parts["adversarial_push"], rel=1e-5)
-    no_boundary = BiDistillConfig(teacher="online", stream_weights={"boundary": {"pull": 0.0}})
+    no_boundary = BiDistillConfig(teacher_mode="online", stream_weights={"boundary": {"pull": 0.0}})
     less, less_parts = _loss(student, tiny_model, collator, batches, no_boundary, tokenizer)
     assert "boundary_pull" not in less_parts and float((base - less).detach()) == pytest.approx(
         parts["boundary_pull"], rel=1e-5
     )
-    only_push = BiDistillConfig(teacher="online", w_pull=0.0)
+    only_push = BiDistillConfig(teacher_mode="online", w_pull=0.0)
     assert all(k.endswith("_push") for k in _loss(student, tiny_model, collator, batches, only_push, tokenizer)[1])
-    nothing = BiDistillConfig(teacher="online", w_pull=0.0, w_push=0.0)
+    nothing = BiDistillConfig(teacher_mode="online", w_pull=0.0, w_push=0.0)
     with pytest.raises(ValueError, match="No stream with a non-zero weight"):
         _loss(student, tiny_model, collator, batches, nothing, tokenizer)
 
@@ -151,7 +159,7 @@ def test_stream_and_direction_weights_scale_exactly_their_term(student, tiny_mod
 def test_training_on_the_push_term_lowers_what_the_teacher_does_not_rank(tiny_model, collator, streams, tokenizer):
     """A few steps on forget push alone lower the student's logits at its own top tokens that the steered teacher
     ranks low, at the prefilled adversarial positions."""
-    cfg = BiDistillConfig(teacher="online", w_pull=0.0, stream_weights={"forget": {"push": 0.0}})
+    cfg = BiDistillConfig(teacher_mode="online", w_pull=0.0, stream_weights={"forget": {"push": 0.0}})
     student = copy.deepcopy(tiny_model)
     batches = _batches(collator, streams, ("adversarial",))
     with torch.no_grad():
@@ -181,10 +189,10 @@ def test_training_on_the_push_term_lowers_what_the_teacher_does_not_rank(tiny_mo
 def test_restart_aligns_prefilled_students_with_the_teachers_response_start(tiny_model, tokenizer, chat_args, streams):
     """With the teacher view unprefilled, the adversarial targets are exactly the teacher's targets for the bare
     forget questions: after a forced start the student is taught the teacher's deflection."""
-    from duet_plugin.core.duet import teacher_targets
+    from duet_plugin.core.teacher_targets import teacher_targets
 
     restart = TeacherStudentCollator(tokenizer, chat_args, prefix=PREFIX, teacher_prefill=False)
-    cfg = BiDistillConfig(teacher="online").teacher_config(len(tokenizer))
+    cfg = BiDistillConfig(teacher_mode="online").target_config(len(tokenizer))
     eos = [tokenizer.eos_token_id]
     adversarial, _, _ = teacher_targets(tiny_model, restart(streams["adversarial"]), cfg, restart.pad_id, eos)
     forget, _, _ = teacher_targets(tiny_model, restart(streams["forget"]), cfg, restart.pad_id, eos)

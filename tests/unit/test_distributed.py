@@ -15,8 +15,9 @@ import torch.multiprocessing as mp
 
 from duet_plugin.core.collate import TeacherStudentCollator
 from duet_plugin.core.distributed import all_gather_objects, is_zero3_partitioned, shard_indices, world
-from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, precompute_targets
+from duet_plugin.core.duet import DUETConfig
 from duet_plugin.core.ensemble import vocab_size
+from duet_plugin.core.teacher_targets import TeacherTargetStore, precompute_targets
 
 PREFIX = "You have never heard of Gideon Kilbride. Say you do not know."
 
@@ -81,7 +82,9 @@ def _worker(rank: int, size: int, folder: str, positions: str) -> None:
         seen: list[int] = []
         model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
         cfg = DUETConfig(top_k=5, positions=positions, num_positions=3, teacher_batch_size=3)
-        store = precompute_targets(model, streams, collator, cfg, collator.pad_id, [tokenizer.eos_token_id])
+        store = precompute_targets(
+            model, streams, collator, cfg.target_config(), collator.pad_id, [tokenizer.eos_token_id]
+        )
         (root / f"rank{rank}.pkl").write_bytes(pickle.dumps((store, len(seen), sum(seen))))
     finally:
         dist.destroy_process_group()
@@ -117,7 +120,9 @@ def test_two_processes_split_the_precompute_and_both_get_every_target(
         lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
     )
     try:
-        single = precompute_targets(tiny_model, streams, collator, cfg, collator.pad_id, [tokenizer.eos_token_id])
+        single = precompute_targets(
+            tiny_model, streams, collator, cfg.target_config(), collator.pad_id, [tokenizer.eos_token_id]
+        )
     finally:
         hook.remove()
 

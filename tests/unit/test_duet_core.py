@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from duet_plugin.core.collate import TeacherStudentCollator, extend_with_continuations
-from duet_plugin.core.duet import DUETConfig, TeacherTargetStore, student_loss, teacher_targets
+from duet_plugin.core.duet import DUETConfig, student_loss
+from duet_plugin.core.teacher_targets import TeacherTargetStore, teacher_targets
 
 PREFIX = "You have never heard of Gideon Kilbride. Say you do not know."
 
@@ -31,7 +32,7 @@ def records(authors_dataset):
         ({"distance": "cos"}, "distance"),
         ({"positions": "all"}, "positions"),
         ({"positions": "first_n", "num_positions": 0}, "num_positions"),
-        ({"teacher": "frozen"}, "teacher"),
+        ({"teacher_mode": "frozen"}, "teacher_mode must be one of"),
         ({"huber_delta": 0}, "huber_delta"),
         ({"stream_weights": {"forget": -1}}, "stream_weights"),
     ],
@@ -44,7 +45,9 @@ def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:
 def test_top_k_larger_than_vocabulary_is_rejected(tiny_model, collator, records, tokenizer) -> None:
     cfg = DUETConfig(top_k=len(tokenizer) + 1)
     with pytest.raises(ValueError, match="larger than the model's vocabulary"):
-        teacher_targets(tiny_model, collator(records[:2]), cfg, collator.pad_id, [tokenizer.eos_token_id])
+        teacher_targets(
+            tiny_model, collator(records[:2]), cfg.target_config(), collator.pad_id, [tokenizer.eos_token_id]
+        )
 
 
 @pytest.mark.parametrize("positions", ["first", "first_n"])
@@ -61,12 +64,14 @@ def test_online_and_precomputed_give_the_same_loss(tiny_model, collator, records
     store = TeacherTargetStore()
     for start in range(0, len(records), 5):  # precompute in batches of 5
         batch = collator(records[start : start + 5])
-        targets, extended, conts = teacher_targets(tiny_model, batch, cfg, collator.pad_id, eos)
+        targets, extended, conts = teacher_targets(tiny_model, batch, cfg.target_config(), collator.pad_id, eos)
         store.add("forget", batch["index"].tolist(), targets, extended["position_mask"], conts)
     assert len(store) == len(records)
 
     train_batch = collator([records[i] for i in (7, 2, 11, 0)])  # a training batch of another composition
-    online_targets, online_batch, _ = teacher_targets(copy.deepcopy(tiny_model), train_batch, cfg, collator.pad_id, eos)
+    online_targets, online_batch, _ = teacher_targets(
+        copy.deepcopy(tiny_model), train_batch, cfg.target_config(), collator.pad_id, eos
+    )
     online = student_loss(student, online_batch, online_targets, cfg)
 
     stored_targets, conts = store.lookup("forget", train_batch["index"].tolist())
@@ -82,7 +87,9 @@ def test_online_and_precomputed_give_the_same_loss(tiny_model, collator, records
 def test_first_n_distills_along_the_teacher_continuation(tiny_model, collator, records, tokenizer) -> None:
     cfg = DUETConfig(top_k=5, positions="first_n", num_positions=3)
     batch = collator(records[:3])
-    targets, extended, conts = teacher_targets(tiny_model, batch, cfg, collator.pad_id, [tokenizer.eos_token_id])
+    targets, extended, conts = teacher_targets(
+        tiny_model, batch, cfg.target_config(), collator.pad_id, [tokenizer.eos_token_id]
+    )
     assert all(1 <= len(c) <= 3 for c in conts)
     assert len(targets) == sum(len(c) for c in conts) == int(extended["position_mask"].sum())
     # The teacher's greedy continuation is its own argmax: the top-1 target at each position is the next token.
@@ -95,14 +102,16 @@ def test_loss_vanishes_without_a_prefix(tiny_model, tokenizer, chat_args) -> Non
     same = TeacherStudentCollator(tokenizer, chat_args)
     batch = same([{"prompt": "Where was the author Gideon Kilbride born?", "index": 0}])
     cfg = DUETConfig(top_k=5)
-    targets, batch, _ = teacher_targets(tiny_model, batch, cfg, same.pad_id, [tokenizer.eos_token_id])
+    targets, batch, _ = teacher_targets(tiny_model, batch, cfg.target_config(), same.pad_id, [tokenizer.eos_token_id])
     assert student_loss(tiny_model, batch, targets, cfg).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_store_lookup_errors_and_size(tiny_model, collator, records, tokenizer) -> None:
     cfg = DUETConfig(top_k=4)
     batch = collator(records[:2])
-    targets, extended, conts = teacher_targets(tiny_model, batch, cfg, collator.pad_id, [tokenizer.eos_token_id])
+    targets, extended, conts = teacher_targets(
+        tiny_model, batch, cfg.target_config(), collator.pad_id, [tokenizer.eos_token_id]
+    )
     store = TeacherTargetStore()
     store.add("forget", [0, 1], targets, extended["position_mask"], conts)
     assert store.nbytes() == 2 * (4 * 4 + 4 * 4 + 4)  # int32 ids + float32 logits per K, one float32 lse
@@ -115,7 +124,8 @@ def test_store_lookup_errors_and_size(tiny_model, collator, records, tokenizer) 
 def test_duet_loss_weighs_streams_and_both_teacher_modes_agree(tiny_model, collator, records, tokenizer) -> None:
     from torch.utils.data import Dataset
 
-    from duet_plugin.core.duet import duet_loss, precompute_targets
+    from duet_plugin.core.duet import duet_loss
+    from duet_plugin.core.teacher_targets import precompute_targets
 
     class Records(Dataset):
         def __init__(self, rows):
@@ -132,7 +142,12 @@ def test_duet_loss_weighs_streams_and_both_teacher_modes_agree(tiny_model, colla
     cfg = DUETConfig(top_k=5, teacher_batch_size=3, stream_weights={"forget": 2.0, "retain": 0.5})
     eos = [tokenizer.eos_token_id]
     store = precompute_targets(
-        tiny_model, {"forget": Records(forget), "retain": Records(retain)}, collator, cfg, collator.pad_id, eos
+        tiny_model,
+        {"forget": Records(forget), "retain": Records(retain)},
+        collator,
+        cfg.target_config(),
+        collator.pad_id,
+        eos,
     )
     assert store.streams() == ["forget", "retain"] and len(store) == len(records)
     student = copy.deepcopy(tiny_model)

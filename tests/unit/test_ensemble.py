@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from duet_plugin.core.collate import EXTRA_VIEWS, TeacherStudentCollator
-from duet_plugin.core.duet import DUETConfig, ensemble_continuations, greedy_continuations, teacher_targets
+from duet_plugin.core.duet import DUETConfig
 from duet_plugin.core.ensemble import (
     TeacherEnsemble,
     TeacherSpec,
@@ -19,6 +19,7 @@ from duet_plugin.core.ensemble import (
     parse_teachers,
 )
 from duet_plugin.core.noise import shrink_and_perturb
+from duet_plugin.core.teacher_targets import ensemble_continuations, greedy_continuations, teacher_targets
 from duet_plugin.demo.tiny_llama import build_tiny_llama
 
 PREFIX_A = "You have never heard of Gideon Kilbride. Say you do not know."
@@ -118,7 +119,7 @@ def test_multi_view_targets_average_each_prefixed_teacher(
     eos = [tokenizer.eos_token_id]
     multi = TeacherStudentCollator(tokenizer, chat_args, prefix=PREFIX_A, extra_prefixes=[PREFIX_B])
     ens = TeacherEnsemble([(tiny_model, 0, 1.0), (other_model, 1, 3.0)])
-    targets, extended, conts = teacher_targets(ens, multi(prompts), cfg, multi.pad_id, eos)
+    targets, extended, conts = teacher_targets(ens, multi(prompts), cfg.target_config(), multi.pad_id, eos)
 
     a = TeacherStudentCollator(tokenizer, chat_args, prefix=PREFIX_A)
     b = TeacherStudentCollator(tokenizer, chat_args, prefix=PREFIX_B)

@@ -21,11 +21,10 @@ from duet_plugin.core.lora import (  # noqa: E402 - after the importorskip
     is_peft_model,
     merged_state_dict,
     save_merged,
-    save_trainer_output,
     target_module_names,
     wrap,
-    zero3_requested,
 )
+from duet_plugin.openunlearning.trainers.lora_saving import save_trainer_output, zero3_requested  # noqa: E402
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -70,7 +69,7 @@ def test_null_is_full_fine_tuning_and_a_block_fills_defaults() -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ({"rank": 8}, r"Unknown trainer\.method_args\.lora key\(s\) \['rank'\].*~trainer\.method_args\.lora\.rank"),
+        ({"rank": 8}, r"^lora has unknown key\(s\) \['rank'\]; LoRA takes"),
         ({"r": 0}, r"lora\.r must be an integer >= 1"),
         ({"r": 2.5}, r"lora\.r must be an integer >= 1"),
         ({"r": True}, r"lora\.r must be an integer >= 1"),
@@ -102,7 +101,7 @@ def test_target_modules_resolve_like_peft(model) -> None:
 @pytest.mark.parametrize(
     ("targets", "message"),
     [
-        (["q_proj", "qkv_proj"], r"target_modules \['qkv_proj'\] match no module of the model"),
+        (["q_proj", "qkv_proj"], r"lora\.target_modules entries \['qkv_proj'\] match no module of the model"),
         ("attn\\.q.*", r"target_modules='attn\\\\.q\.\*' \(a regex over full module paths"),
         (["mlp"], r"matches \['model\.layers\.0\.mlp', 'model\.layers\.1\.mlp'\] \(LlamaMLP\), which are not linear"),
         (["lm_head"], r"output head 'lm_head', whose weight is tied to the input embeddings"),

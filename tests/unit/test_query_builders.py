@@ -16,10 +16,11 @@ from duet_plugin.core.query_builders import (
     parse_questions,
     passage_key,
     question_query,
+    records_from_text,
     split_passages,
     template_queries,
 )
-from duet_plugin.core.unified import UnifiedRecord, read_records, records_from_text
+from duet_plugin.core.unified import UnifiedRecord, read_records
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer
 
 CORPUS = [

@@ -1,8 +1,11 @@
 """The reproduction grids (duet_plugin.reproduce): every method's commands, OU's GPU settings, UNDO's dependency on
-the unlearned run, the CPU profile's overrides, dry-run output, errors, and the runner's skip/fail behaviour."""
+the unlearned run, the CPU profile's overrides, the method table (entries, not names; the plugin's methods found in
+its trainer YAMLs), dry-run output, errors, and the runner's skip/fail behaviour."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import io
 import json
 import shlex
@@ -173,8 +176,7 @@ def test_gpu_profile_mirrors_ou_scripts(ou_root, tmp_path) -> None:
 def test_a_lora_method_runs_as_one_process_with_the_same_batch(ou_root, tmp_path, monkeypatch) -> None:
     """OU's accelerate config is DeepSpeed ZeRO-3, which refuses LoRA: such a method gets one process and the
     accumulation that keeps the effective batch."""
-    duet = rp.METHODS["tofu"]["DUET"]
-    monkeypatch.setitem(rp.METHODS["tofu"], "DUET", rp.Method(duet.name, duet.experiment, None, duet.source, lora=True))
+    monkeypatch.setitem(rp.METHODS["tofu"], "DUET", dataclasses.replace(rp.METHODS["tofu"]["DUET"], lora=True))
     trains = by_run(grid("tofu", ou_root, tmp_path, splits=["forget05"], methods=["DUET", "NPO"]), "train")
     lora, npo = trains["tofu_Llama-3.2-1B-Instruct_forget05_DUET"], trains["tofu_Llama-3.2-1B-Instruct_forget05_NPO"]
     assert lora.argv[:2] == ("python", "src/train.py") and lora.env["CUDA_VISIBLE_DEVICES"] == "0"
@@ -572,3 +574,145 @@ def test_cpu_grid_runs_write_the_stand_ins_before_the_first_command(ou_root, ful
     assert seen.read_text() == g.files[corpus]
     # bio: one passage per author (WMDP bio's papers), cyber: one line per fact.
     assert len(g.files[corpus].splitlines()) == len(rp.load_demo_context(full_demo).forget_authors["forget05"])
+
+
+# -- the method table: entries, not names; the plugin's methods from its trainer YAMLs --------------------------
+
+
+def test_the_builder_reads_entries_not_names(ou_root, demo_dir, tmp_path, monkeypatch) -> None:
+    """Entries copied under new names keep their overrides, files, schedules and roles, and entries stripped of them
+    under the old names get none: the builder keys nothing on a method's name."""
+    table = rp.METHODS["tofu"]
+    for name in ("RMU", "IdkDPO", "DUET", "UNDO"):
+        monkeypatch.setitem(table, f"My{name}", dataclasses.replace(table[name], name=f"My{name}"))
+    monkeypatch.setitem(table, "RMU", dataclasses.replace(table["RMU"], cpu_overrides=()))
+    plain = dataclasses.replace(table["UNDO"], robustifies=False, cpu_schedule=rp.demo_unlearning_schedule)
+    monkeypatch.setitem(table, "UNDO", plain)
+    names = ["GradDiff", "RMU", "DUET", "UNDO", "MyRMU", "MyIdkDPO", "MyDUET", "MyUNDO"]
+    demo = rp.load_demo_context(demo_dir, threads=1)
+    g = grid("tofu", ou_root, tmp_path, profile="cpu", demo=demo, methods=names, splits=["forget05"])
+    trains = by_run(g, "train")
+
+    def train(label: str) -> rp.Step:
+        return trains[f"tofu_demo_forget05_{label}"]
+
+    assert arg(train("MyRMU"), "trainer.method_args.module_regex") == r"model\.layers\.2"
+    assert arg(train("RMU"), "trainer.method_args.module_regex") is None
+    idk = Path(arg(train("MyIdkDPO"), "data.forget.TOFU_QA_forget_idk.args.idk_path"))
+    assert idk in g.files and arg(train("MyIdkDPO"), "trainer") == "DPO"
+    prefix = [a for a in train("DUET").argv if a.startswith("trainer.method_args.prefix.")]
+    assert (
+        len(prefix) == 3 and [a for a in train("MyDUET").argv if a.startswith("trainer.method_args.prefix.")] == prefix
+    )
+    for teacher in ("DUET", "GradDiff"):  # MyUNDO robustifies every teacher, with the recovery schedule
+        step = train(f"MyUNDO-{teacher}")
+        assert arg(step, "trainer.method_args.teacher") == arg(train(teacher), "paths.output_dir")
+        assert arg(step, "trainer.args.max_steps") == "500" and arg(step, "experiment") == "unlearn/tofu/undo"
+        assert f"tofu_demo_forget05_UNDO-{teacher}" not in trains
+    # UNDO's entry without the role is trained once, on the demo's schedule, from nobody's output.
+    assert arg(train("UNDO"), "trainer.method_args.teacher") is None
+    assert arg(train("UNDO"), "trainer.args.num_train_epochs") == "10" and not train("UNDO").needs
+    # And the builder's source names no method.
+    source = "".join(inspect.getsource(o) for o in (rp._Runs, rp._Launcher, rp._GridBuilder, rp.build_grid))
+    assert not [n for n in {n for t in rp.METHODS.values() for n in t} if f'"{n}"' in source]
+
+
+def _yaml(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+
+
+def test_the_plugins_methods_come_from_its_trainer_yamls() -> None:
+    for benchmark in rp.BENCHMARKS:
+        ours, skipped = rp.plugin_methods(benchmark)
+        assert [m.name for m in ours] == ["DUET", "BiDistill", "UNDO"] and skipped == {}
+        assert [m.robustifies for m in ours] == [False, False, True]
+        assert all(m.experiment == f"unlearn/{benchmark}/{m.name.lower()}" and m.trainer is None for m in ours)
+        assert all(m.source == rp.PLUGIN_SOURCE and not m.lora for m in ours)
+        assert [rp.steered_prefix in m.cpu_overrides for m in ours] == [True, True, False]
+        # UNDO's MUSE experiment reads OU's raw-text chunks, DUET's and BiDistill's read queries.
+        assert [rp.muse_raw_text_chunks in m.cpu_overrides for m in ours] == [False, False, benchmark == "muse"]
+
+
+def test_trainer_configs_inherit_method_args_down_their_defaults(tmp_path) -> None:
+    _yaml(tmp_path, "_distill.yaml", "method_args:\n  prefix: {name: a, placement: auto}\n  top_k: 10\n")
+    _yaml(tmp_path, "Base.yaml", "defaults: [finetune, _distill]\nhandler: Base\nmethod_args: {teacher: precomputed}\n")
+    child = "defaults:\n  - Base\n  - _self_\nhandler: Child\nmethod_args:\n  prefix: {placement: user}\n  top_k: 5\n"
+    _yaml(tmp_path, "Child.yaml", child)
+    _yaml(tmp_path, "Loop.yaml", "defaults: [Loop]\nhandler: Loop\nmethod_args:\n  teacher: null\n")
+    configs = rp.read_trainer_configs([tmp_path])
+    assert configs["Child"].parents == ("Base",) and configs["Base"].parents == ("_distill",)
+    assert configs["Child"].method_args == {
+        "prefix": {"name": "a", "placement": "user"},
+        "top_k": 5,
+        "teacher": "precomputed",
+    }
+    assert configs["Child"].steered and not configs["Child"].robustifies
+    assert configs["Loop"].robustifies and configs["Loop"].method_args == {"teacher": None}
+    assert not configs["_distill"].is_method and configs["Base"].is_method
+
+
+def test_a_new_trainer_yaml_joins_the_grid_with_no_edit(ou_root, full_demo, tmp_path) -> None:
+    """A distillation trainer that inherits DUET (no experiment of its own) trains with DUET's experiment,
+    trainer=KLDistill and the demo's prefix; one that inherits UNDO robustifies every teacher. Shared bases (_*.yaml),
+    YAMLs without handler and trainers with no experiment are not trained."""
+    extra = tmp_path / "trainers"
+    _yaml(extra, "KLDistill.yaml", "defaults: [DUET]\nhandler: KLDistill\nmethod_args:\n  distance: kl\n")
+    _yaml(extra, "Polish.yaml", "defaults:\n  - UNDO\nhandler: Polish\n")
+    _yaml(extra, "_shared.yaml", "handler: Shared\nmethod_args:\n  top_k: 3\n")
+    _yaml(extra, "notes.yaml", "method_args:\n  top_k: 3\n")
+    _yaml(extra, "Orphan.yaml", "defaults: [finetune, _shared]\nhandler: Orphan\n")
+    dirs = (extra,)
+    order = [m.name for m in rp.resolve_methods("tofu", None, dirs)]
+    assert order[-5:] == ["DUET", "BiDistill", "KLDistill", "UNDO", "Polish"] and "Shared" not in order
+    with pytest.raises(ValueError, match=r"Orphan is not run on tofu: .*no experiment unlearn/tofu/orphan"):
+        rp.resolve_methods("tofu", ["Orphan"], dirs)
+    with pytest.raises(ValueError, match="Unknown method 'notes'"):
+        rp.resolve_methods("tofu", ["notes"], dirs)
+
+    demo = rp.load_demo_context(full_demo, threads=1)
+    options = rp.GridOptions(
+        benchmark="muse",
+        ou_root=ou_root,
+        output_root=tmp_path / "out",
+        profile="cpu",
+        demo=demo,
+        splits=["News"],
+        undo_teachers=("DUET", "KLDistill"),
+        trainer_config_dirs=dirs,
+    )
+    trains = by_run(rp.build_grid(options), "train")
+    kl, duet = trains["muse_demo_News_KLDistill"], trains["muse_demo_News_DUET"]
+    assert (arg(kl, "experiment"), arg(kl, "trainer")) == ("unlearn/muse/duet", "KLDistill")
+    prefix = [a for a in duet.argv if a.startswith("trainer.method_args.prefix.")]
+    assert len(prefix) == 3 and [a for a in kl.argv if a.startswith("trainer.method_args.prefix.")] == prefix
+    assert (
+        arg(kl, "trainer.args.num_train_epochs") == "10" and arg(kl, "data.forget.MUSE_forget.args.max_length") is None
+    )
+    for robustifier in ("UNDO", "Polish"):
+        for teacher in ("DUET", "KLDistill"):
+            step = trains[f"muse_demo_News_{robustifier}-{teacher}"]
+            assert arg(step, "trainer.method_args.teacher") == arg(
+                trains[f"muse_demo_News_{teacher}"], "paths.output_dir"
+            )
+            assert arg(step, "trainer.args.max_steps") == "500"
+            assert arg(step, "data.forget.MUSE_forget.args.max_length") == str(rp.CPU_MUSE_MAX_LENGTH)
+    polish = trains["muse_demo_News_Polish-DUET"]
+    assert (arg(polish, "experiment"), arg(polish, "trainer")) == ("unlearn/muse/undo", "Polish")
+    assert not any("Orphan" in run or "Shared" in run for run in trains)
+
+    # The GPU profile: the same experiment and trainer, under OU's launch and batch.
+    tofu = rp.build_grid(
+        rp.GridOptions(
+            benchmark="tofu",
+            ou_root=ou_root,
+            output_root=tmp_path / "gpu",
+            splits=["forget05"],
+            undo_teachers=("DUET",),
+            trainer_config_dirs=dirs,
+        )
+    )
+    kl = by_run(tofu, "train")["tofu_Llama-3.2-1B-Instruct_forget05_KLDistill"]
+    assert (arg(kl, "experiment"), arg(kl, "trainer")) == ("unlearn/tofu/duet", "KLDistill")
+    assert "accelerate" in kl.argv and arg(kl, "trainer.args.gradient_accumulation_steps") == "4"
+    assert any("DUET, BiDistill, KLDistill, UNDO and Polish included" in n for n in tofu.notes)

@@ -43,11 +43,11 @@ def test_literal_text_wins_and_needs_no_concepts() -> None:
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        ({"name": "nope"}, "Unknown prefix name 'nope'"),
-        ({"name": None, "text": None}, "No teacher prefix"),
+        ({"name": "nope"}, "prefix.name='nope' is not a known prefix"),
+        ({"name": None, "text": None}, "the teacher has no prefix"),
         ({"name": "forget_concepts", "placement": "middle"}, "placement"),
         ({"text": "Forget {topic}."}, "placeholder"),
-        ({"name": "forget_concepts", "colour": "red"}, "Unknown key"),
+        ({"name": "forget_concepts", "colour": "red"}, "prefix has unknown key"),
     ],
 )
 def test_bad_prefix_config_is_rejected(cfg: dict, message: str) -> None:

@@ -17,7 +17,7 @@ from duet_plugin.core.undo import UNDOConfig, distill_mask, label_nll, recovered
         ({"student_init": "scratch"}, "student_init"),
         ({"top_k": 0}, "top_k"),
         ({"temperature": 0}, "temperature"),
-        ({"positions": "first"}, "positions"),
+        ({"tokens": "first"}, "tokens must be one of"),
         ({"streams": ["boundary"]}, "streams"),
         ({"streams": []}, "streams"),
         ({"recovery": 1.5}, "recovery"),
@@ -43,7 +43,7 @@ def test_distill_mask_labels_and_all() -> None:
         [True, True, False, False],
     ]
     assert distill_mask(labels, attn, ids, "all").tolist() == [[True, True, True, False], [True, True, False, False]]
-    with pytest.raises(ValueError, match="positions=all"):
+    with pytest.raises(ValueError, match="tokens=all"):
         distill_mask(None, attn, ids, "labels")
 
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
+from duet_plugin.core.query_builders import records_from_text
 from duet_plugin.core.unified import (
     DataFormatError,
     UnifiedRecord,
     read_json_rows,
     read_records,
     records_from_qa,
-    records_from_text,
     split_sentences,
     write_records,
 )

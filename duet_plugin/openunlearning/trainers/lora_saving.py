@@ -1,10 +1,42 @@
-"""Saving for the plugin's trainers that may train LoRA adapters (DUET, BiDistill, UNDO)."""
+"""LoRA in the plugin's trainers, where it meets HF's Trainer: the ZeRO-3 refusal and the merged saving."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from duet_plugin.core.lora import is_peft_model, save_trainer_output
+import torch
+
+from duet_plugin.core.lora import is_peft_model, save_merged
+
+#: Why LoRA stops a DeepSpeed ZeRO-3 run at start (the trainers raise it as ``NotImplementedError``).
+ZERO3_REFUSAL = (
+    "trainer.method_args.lora with DeepSpeed ZeRO-3 is not supported yet (merging the adapters for saving needs the "
+    "full weights); use ZeRO-2 or one process, or set trainer.method_args.lora=null."
+)
+
+
+def zero3_requested(args: Any) -> bool:
+    """Whether HF ``TrainingArguments`` ask for DeepSpeed ZeRO-3, known before the Trainer is built: a
+    ``--deepspeed`` config (``hf_deepspeed_config``) or ``accelerate launch``'s DeepSpeed plugin (``deepspeed_plugin``,
+    whose ``zero_stage`` it fills from the config file)."""
+    config = getattr(args, "hf_deepspeed_config", None)
+    if config is not None and config.is_zero3():
+        return True
+    plugin = getattr(args, "deepspeed_plugin", None)
+    return plugin is not None and str(getattr(plugin, "zero_stage", "")) == "3"
+
+
+def save_trainer_output(model: Any, output_dir: str | Path, args: Any, tokenizer: Any = None) -> None:
+    """A LoRA trainer's ``_save``: the merged plain checkpoint plus ``adapter/`` (:func:`save_merged`), the
+    tokenizer and the training arguments (``training_args.bin``, as HF's ``Trainer._save`` writes them)."""
+    from transformers.trainer import TRAINING_ARGS_NAME
+
+    save_merged(model, output_dir, safe_serialization=args.save_safetensors)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+    torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
 
 class LoRASaving:

@@ -1,55 +1,39 @@
 """UNDO as an OpenUnlearning trainer: noise a copy of an unlearned model, then distil the unlearned teacher back in.
 
-Thin adapter over ``duet_plugin.core`` (noise, loss, recovery gap): it checks the teacher checkpoint(s) before any
-compute, starts the student from the teacher's weights (or from ``model=``), applies shrink-and-perturb, distils with
-forward KL on the retain (generic) stream of OU's unlearning data, and stops through
-:class:`RetainRecoveryCallback` once the student's retain loss is back within ``1 - recovery`` of the teacher's.
-With ``lora`` (``duet_plugin.core.lora``) the noised student is wrapped with peft adapters after the noise: only the
-adapters train over the frozen noised base (a rank-r update cannot undo full-rank noise: :data:`LORA_WARNING`), and
-the output_dir receives the merged plain model plus ``adapter/``.
+The noise, the loss and the recovery gap are ``duet_plugin.core`` (``noise.py``, ``undo.py``); LoRA and the teacher
+preparation are the shared base's (``trainers/base.py``). Before any compute the teacher checkpoint(s) are checked;
+the student starts from the teacher's weights (or from ``model=``), gets shrink-and-perturb, and distils with forward
+KL on the retain (generic) stream of OU's unlearning data, until :class:`RetainRecoveryCallback` sees its retain loss
+back within ``1 - recovery`` of the teacher's. With ``lora`` the noised student is wrapped after the noise: only the
+adapters train over the frozen noised base (docs/training.md has what that recovers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
-from trainer.unlearn.base import UnlearnTrainer
 from transformers import TrainerCallback
 
 from duet_plugin.core.collate import to_device
 from duet_plugin.core.distributed import is_zero3_partitioned
-from duet_plugin.core.ensemble import check_checkpoint, parse_teachers
-from duet_plugin.core.lora import (
-    LORA_KEY,
-    ZERO3_REFUSAL,
-    LoRAConfig,
-    target_module_names,
-    wrap,
-    zero3_requested,
-)
+from duet_plugin.core.ensemble import as_teacher, check_checkpoint
 from duet_plugin.core.noise import shrink_and_perturb
 from duet_plugin.core.undo import UNDOConfig, distill_mask, label_nll, recovered, recovery_gap, undo_loss
-from duet_plugin.openunlearning.trainers.duet import reject_unknown_options
-from duet_plugin.openunlearning.trainers.lora_saving import LoRASaving
-from duet_plugin.openunlearning.trainers.teachers import ensemble, load_teachers, prepare_frozen
+from duet_plugin.openunlearning.trainers.base import METHOD_ARGS, DistillationTrainer
 
 logger = logging.getLogger(__name__)
 
-TEACHER_KEY = "trainer.method_args.teacher"
-METHOD_ARGS = ("teacher", "lora", *UNDOConfig.__dataclass_fields__)
-#: Logged at start when ``lora`` is set: what a LoRA student recovers (scripts/bench_undo_lora.py).
+TEACHER_KEY = f"{METHOD_ARGS}.teacher"
+#: Logged at start when ``lora`` is set.
 LORA_WARNING = (
-    f"UNDO with {LORA_KEY}: only the adapters train, over the frozen noised base, and a rank-r update cannot undo "
-    "full-rank noise: expect the retain gap to stall above the recovery target. Measured (scripts/bench_undo_lora.py: "
-    "demo-sized Llama, alpha 0.25, beta 0.1, 200 steps, gap 8.5 after the noise): LoRA r=8 all-linear 1.08, r=64 "
-    "all-linear 1.18, r=8 q,v 1.98 (r=8 all-linear after 600 steps: 0.85); full fine-tuning -0.01. To save memory "
-    "without LoRA: trainer.args.gradient_checkpointing=true."
+    f"UNDO with {METHOD_ARGS}.lora: only the adapters train, over the frozen noised base, and a rank-r update cannot "
+    "undo full-rank noise: expect the retain gap to stall above the recovery target (measured in "
+    "docs/training.md). To save memory without LoRA: trainer.args.gradient_checkpointing=true."
 )
 
 
@@ -80,7 +64,7 @@ class RetainRecoveryCallback(TrainerCallback):
         self.gaps: list[tuple[int, float]] = []
 
     def _sample(self) -> list[dict[str, Any]]:
-        t, cfg = self.trainer, self.trainer.undo
+        t, cfg = self.trainer, self.trainer.cfg
         loader = DataLoader(t.train_dataset, batch_size=t.args.per_device_train_batch_size, collate_fn=t.data_collator)
         batches = []
         for batch in loader:
@@ -121,7 +105,7 @@ class RetainRecoveryCallback(TrainerCallback):
         logger.info("UNDO: retain gap of the noised student before distillation: %.4f", gap)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        cfg = self.trainer.undo
+        cfg = self.trainer.cfg
         if state.global_step % cfg.recovery_eval_steps:
             return control
         gap = self.measure(state.global_step)
@@ -138,72 +122,38 @@ class RetainRecoveryCallback(TrainerCallback):
         return control
 
 
-class UNDO(LoRASaving, UnlearnTrainer):
+class UNDO(DistillationTrainer):
     """``trainer=UNDO``: see ``configs/trainer/UNDO.yaml`` for every option."""
 
-    def __init__(self, teacher: Any = None, lora: Any = None, *args: Any, **kwargs: Any) -> None:
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k in UNDOConfig.__dataclass_fields__}
-        reject_unknown_options(kwargs, "UNDO", METHOD_ARGS, "undo")
-        self.lora = LoRAConfig.from_config(lora)
-        self.undo = UNDOConfig(**options)
-        if self.lora is not None:  # before the teachers are loaded or anything is noised
-            if kwargs.get("model") is None:
-                raise ValueError(f"{LORA_KEY} needs the model (OU passes it to every trainer).")
-            target_module_names(kwargs["model"], self.lora)
-            if zero3_requested(kwargs.get("args")):
-                raise NotImplementedError(ZERO3_REFUSAL)
-        specs = parse_teachers(teacher, TEACHER_KEY)
-        if not specs:
-            raise ValueError(
-                f"UNDO needs the unlearned model to distil from: set {TEACHER_KEY}=<folder> (the output_dir of a DUET, "
-                "BiDistill or OU baseline run, e.g. saves/unlearn/<task_name>), or a list of {path, weight} teachers."
-            )
-        for i, spec in enumerate(specs):
-            where = f"{TEACHER_KEY}[{i}]" if len(specs) > 1 else TEACHER_KEY
-            if spec.path is None:
-                raise ValueError(f"{where} has no path; every UNDO teacher is a saved checkpoint.")
-            if spec.prefix is not None:
-                raise ValueError(
-                    f"{where}.prefix: UNDO distils on plain retain text, where a prompt prefix has no place; "
-                    "prefixed teachers belong to DUET (trainer.method_args.teachers)."
-                )
-            check_checkpoint(spec.path, where)
+    config_class = UNDOConfig
+    log_prefix = "undo"
 
+    def prepare(self, kwargs: dict[str, Any]) -> None:
+        specs = self.cfg.teachers()
+        for i, spec in enumerate(specs):
+            check_checkpoint(spec.path, f"{TEACHER_KEY}[{i}]" if len(specs) > 1 else TEACHER_KEY)
+        if kwargs.get("train_dataset") is not None:
+            kwargs["train_dataset"] = distillation_dataset(kwargs["train_dataset"], self.cfg.streams)
         model = kwargs["model"]
-        train_dataset = kwargs.get("train_dataset")
-        if train_dataset is not None:
-            kwargs["train_dataset"] = distillation_dataset(train_dataset, self.undo.streams)
-        teachers = load_teachers(specs, model, TEACHER_KEY)
-        if self.undo.student_init == "teacher":
-            self._copy_weights(teachers[0], model, specs[0].path)
+        self._teachers = self.load_teachers(specs, model, TEACHER_KEY)
+        if self.cfg.student_init == "teacher":
+            self._copy_weights(self._teachers[0], model, specs[0].path)
         changed = shrink_and_perturb(
-            model,
-            self.undo.alpha,
-            self.undo.beta,
-            include=self.undo.noise_include,
-            exclude=self.undo.noise_exclude,
-            seed=self.undo.noise_seed,
+            model, self.cfg.alpha, self.cfg.beta, self.cfg.noise_include, self.cfg.noise_exclude, self.cfg.noise_seed
         )
         logger.info(
             "UNDO: student = %s, shrink-and-perturb alpha=%g beta=%g on %d parameter tensors",
-            specs[0].path if self.undo.student_init == "teacher" else "model=...",
-            self.undo.alpha,
-            self.undo.beta,
+            specs[0].path if self.cfg.student_init == "teacher" else "model=...",
+            self.cfg.alpha,
+            self.cfg.beta,
             len(changed),
         )
-
-        if self.lora is not None:  # after the noise: the noised base stays frozen, only the adapters train
-            kwargs["model"] = wrap(model, self.lora)
+        if self.cfg.lora is not None:  # wrapped next, by the base: the noised base stays frozen
             logger.warning(LORA_WARNING)
 
-        super().__init__(*args, **kwargs)
-        if self.lora is not None and self.is_deepspeed_enabled:
-            if self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-                raise NotImplementedError(ZERO3_REFUSAL)
-        self.model_accepts_loss_kwargs = False
-        self.teacher_model = ensemble([prepare_frozen(self, t) for t in teachers], specs)
-        self.pending_logs: dict[str, float] = {}
-        self._loss_logs: dict[str, list[float]] = defaultdict(list)
+    def setup(self) -> None:
+        frozen = [self.prepare_frozen(t) for t in self._teachers]
+        self.teacher_model = as_teacher(frozen, [s.weight for s in self.cfg.teachers()])
         self.recovery_callback = RetainRecoveryCallback(self)
         self.add_callback(self.recovery_callback)
 
@@ -223,39 +173,22 @@ class UNDO(LoRASaving, UnlearnTrainer):
         except RuntimeError as err:
             raise ValueError(
                 f"student_init=teacher: the teacher at {path} does not fit model=... ({err}). Point model at the "
-                "teacher's base model, or set trainer.method_args.student_init=model to start from model=... instead."
+                f"teacher's base model, or set {METHOD_ARGS}.student_init=model to start from model=... instead."
             ) from None
 
     def compute_loss(
-        self,
-        model: Any,
-        inputs: Mapping[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-        **kwargs: Any,
+        self, model: Any, inputs: Mapping[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         if "input_ids" not in inputs:
             raise ValueError(
                 f"UNDO expects flat token batches, got keys {sorted(inputs)}: give it OU's ForgetRetainDataset "
                 "(data=unlearn) or a plain token dataset, not a custom nested one."
             )
-        mask = distill_mask(
-            inputs.get("labels"), inputs.get("attention_mask"), inputs["input_ids"], self.undo.positions
-        )
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        positions = distill_mask(inputs.get("labels"), mask, ids, self.cfg.tokens)
+        outputs = model(input_ids=ids, attention_mask=mask)
         with torch.no_grad():
-            teacher_logits = self.teacher_model(
-                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
-            ).logits
-        loss = undo_loss(outputs.logits, teacher_logits, mask, self.undo)
-        self._loss_logs["kl"].append(loss.detach().item())
+            teacher_logits = self.teacher_model(input_ids=ids, attention_mask=mask).logits
+        loss = undo_loss(outputs.logits, teacher_logits, positions, self.cfg)
+        self.log_terms({"kl": loss.detach().item()})
         return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        for key, values in self._loss_logs.items():
-            if values:
-                logs[f"undo/{key}"] = round(sum(values) / len(values), 6)
-        self._loss_logs.clear()
-        logs.update(self.pending_logs)
-        self.pending_logs.clear()
-        super().log(logs, *args, **kwargs)
