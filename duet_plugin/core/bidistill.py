@@ -135,9 +135,11 @@ class BiDistillConfig(SteeredTeacherConfig):
             return vocab_size
         return min(self.store_top_k, vocab_size)
 
-    def target_config(self, vocab_size: int) -> TargetConfig:
+    def target_config(self, vocab_size: int | None = None) -> TargetConfig:
         """The engine's targets for this method: K' values per position (see :meth:`stored_k`), after checking the
         pull and push K against the vocabulary."""
+        if vocab_size is None:
+            raise ValueError("BiDistill's teacher targets depend on the vocabulary size: pass vocab_size.")
         for name in ("top_k", "push_top_k"):
             validate_top_k(getattr(self, name), vocab_size, option=name)
         return TargetConfig(self.stored_k(vocab_size), self.continuation_length, self.teacher_batch_size)

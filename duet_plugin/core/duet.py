@@ -47,7 +47,8 @@ class DUETConfig(SteeredTeacherConfig):
         validate_distance(self.distance)
         if self.huber_delta <= 0:
             raise OptionError("huber_delta", f"must be positive, got {self.huber_delta!r}.")
-        self.stream_weights = {str(k): float(v) for k, v in dict(self.stream_weights).items()}
+        weights = self.stream_weights or {"forget": 1.0, "retain": 1.0}
+        self.stream_weights = {str(k): float(v) for k, v in dict(weights).items()}
         if any(w < 0 for w in self.stream_weights.values()):
             raise OptionError("stream_weights", f"must be non-negative, got {self.stream_weights}.")
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from duet_plugin.core.options import OptionError
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,15 +36,13 @@ class TeacherSpec:
         if isinstance(value, str | Path):
             return cls(path=str(value))
         if not isinstance(value, Mapping):
-            raise ValueError(
-                f"{where}: a teacher is a checkpoint path or a mapping {{path, prefix, weight}}, got {value!r}."
-            )
+            raise OptionError(where, f"must be a checkpoint path or a mapping {{path, prefix, weight}}, got {value!r}.")
         unknown = sorted(set(value) - {"path", "prefix", "weight"})
         if unknown:
-            raise ValueError(f"{where}: unknown teacher key(s) {unknown}; a teacher takes path, prefix and weight.")
+            raise OptionError(where, f"has unknown key(s) {unknown}; a teacher takes path, prefix and weight.")
         weight = value.get("weight", 1.0)
         if weight is None or not isinstance(weight, int | float) or weight < 0:
-            raise ValueError(f"{where}.weight must be a non-negative number, got {weight!r}.")
+            raise OptionError(f"{where}.weight", f"must be a non-negative number, got {weight!r}.")
         path = value.get("path")
         return cls(path=None if path is None else str(path), prefix=value.get("prefix"), weight=float(weight))
 
@@ -54,7 +54,7 @@ def parse_teachers(value: Any, key: str = "teachers") -> list[TeacherSpec]:
     items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     specs = [TeacherSpec.parse(v, f"{key}[{i}]") for i, v in enumerate(items)]
     if specs and sum(s.weight for s in specs) <= 0:
-        raise ValueError(f"{key}: the teacher weights sum to zero; give at least one a positive weight.")
+        raise OptionError(key, "has weights that sum to zero; give at least one teacher a positive weight.")
     return specs
 
 

@@ -25,7 +25,6 @@ from duet_plugin.core.options import OptionError, option
 
 logger = logging.getLogger(__name__)
 
-LORA_KEY = "lora"
 #: Where the trained adapter is saved next to the merged model (``<output_dir>/adapter``).
 ADAPTER_DIR = "adapter"
 #: peft's shorthand for every linear layer except the output head.
@@ -121,8 +120,8 @@ def import_peft() -> Any:
         import peft
     except ImportError as err:
         raise ImportError(
-            f"{LORA_KEY} needs peft: pip install peft==0.17.1 (or pip install -e '.[ou-cpu]'); "
-            f"or set {LORA_KEY}=null for full fine-tuning."
+            "The lora option needs peft: pip install peft==0.17.1 (or pip install -e '.[ou-cpu]'); or set lora to "
+            "null for full fine-tuning."
         ) from err
     return peft
 
@@ -168,7 +167,7 @@ def target_module_names(model: torch.nn.Module, cfg: LoRAConfig) -> list[str]:
     head = _output_embedding_name(model)
     available = _short_names(linear_module_names(model))
     hint = (
-        f"{type(model).__name__}'s linear layers are {available}: set {LORA_KEY}.target_modules to some of them "
+        f"{type(model).__name__}'s linear layers are {available}: set target_modules to some of them "
         f"(e.g. [q_proj, v_proj] for Llama-style attention) or to {ALL_LINEAR!r}."
     )
     names = [name for name, _ in model.named_modules() if name]
@@ -223,7 +222,7 @@ def wrap(model: torch.nn.Module, cfg: LoRAConfig) -> Any:
     already has checkpointing on, which HF's Trainer switches on later, in ``train()``.
     """
     if is_peft_model(model):
-        raise ValueError(f"The model already carries peft adapters; {LORA_KEY} wraps a plain model.")
+        raise OptionError("lora", "wraps a plain model, but this model already carries peft adapters.")
     targets = target_module_names(model, cfg)
     peft = import_peft()
     wrapped = peft.get_peft_model(model, cfg.peft_config())

@@ -45,8 +45,7 @@ def validate_top_k(top_k: int, vocab_size: int, option: str = "top_k") -> None:
     if top_k > vocab_size:
         raise OptionError(
             option,
-            f"={top_k} is larger than the model's vocabulary ({vocab_size}); use a value in 1..{vocab_size} "
-            "(the DUET default is 10).",
+            f"={top_k} is larger than the model's vocabulary ({vocab_size}); use a value in 1..{vocab_size}.",
         )
 
 

@@ -52,15 +52,22 @@ def option_help(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def rename_options(options: Mapping[str, Any], renamed: Mapping[str, str], method: str) -> dict[str, Any]:
+def rename_options(
+    options: Mapping[str, Any], renamed: Mapping[str, str], method: str, defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """``options`` with each old name in ``renamed`` moved to its new name, with a warning. A set old name wins over
-    the new one (a config file carries the new name's default; an old override on the command line means to change
-    it); an old name set to None is dropped (the shipped YAMLs keep the old keys, null, so old overrides apply)."""
+    the new one at its default (a config file carries the default; an old override on the command line means to
+    change it); both set to different values is an error. An old name set to None is dropped (the shipped YAMLs keep
+    the old keys, null, so that old overrides still apply)."""
     out = dict(options)
     for old, new in renamed.items():
         if out.get(old) is None:
             out.pop(old, None)
             continue
+        if new in out and defaults is not None and out[new] not in (defaults.get(new), out[old]):
+            raise OptionError(
+                old, f"(the old name of {new}) is {out[old]!r} but {new} is {out[new]!r}; give {new} only."
+            )
         warnings.warn(
             f"{method}: option {old!r} is renamed {new!r}; the old name will stop working in the next release.",
             FutureWarning,
@@ -73,7 +80,8 @@ def rename_options(options: Mapping[str, Any], renamed: Mapping[str, str], metho
 def build(cls: type[T], options: Mapping[str, Any], method: str | None = None) -> T:
     """``cls(**options)`` after the renames in ``cls.renamed`` (a ``{old: new}`` class attribute, if any)."""
     renamed = getattr(cls, "renamed", {})
-    return cls(**rename_options(options, renamed, method or cls.__name__))
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return cls(**rename_options(options, renamed, method or cls.__name__, defaults))
 
 
 def positive_int(name: str, value: Any) -> int:

@@ -94,13 +94,15 @@ class SteeredTeacherConfig:
         return self.num_positions if self.positions == "first_n" else 0
 
     @property
-    def teacher_prefill(self) -> bool:
-        """Whether the teacher's view carries a record's prefill (the student's always does)."""
-        return False
+    def teacher_prefill(self) -> bool | None:
+        """Whether the teacher's view of a prefilled record carries its prefill too (the student's always does);
+        None leaves the collator's setting (by default it does)."""
+        return None
 
-    def target_config(self, vocab_size: int) -> TargetConfig:
-        """What the engine computes for this method (``vocab_size``: the model's, for a method that stores it)."""
-        raise NotImplementedError
+    def target_config(self, vocab_size: int | None = None) -> TargetConfig:
+        """What the engine computes for this method; with ``vocab_size`` (the model's) the K are checked against
+        it first."""
+        raise NotImplementedError(f"{type(self).__name__} must say what its teacher targets are (target_config).")
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

@@ -90,6 +90,12 @@ def method(ou_imported, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("kl_method.trainer")
     yield module, tmp_path / "configs"
+    from trainer import TRAINER_REGISTRY
+
+    from duet_plugin.openunlearning.trainers.base import PLUGIN_TRAINERS
+
+    PLUGIN_TRAINERS.pop("KLDistill", None)  # a throwaway: later registrations must not see it
+    TRAINER_REGISTRY.pop("KLDistill", None)
     for name in [n for n in sys.modules if n.startswith("kl_method")]:
         del sys.modules[name]
 

@@ -97,12 +97,23 @@ def _train(
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
         cmd += ["--main_process_port", port, script, *args]
     proc = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and _teardown_abort(proc):  # once: see _teardown_abort
+        proc = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         pytest.fail(f"{layout} run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     (out / "returncode").write_text(str(proc.returncode))
     return out
+
+
+def _teardown_abort(proc: subprocess.CompletedProcess) -> bool:
+    """A rank that aborted at exit after training ended: C++'s "terminate called without an active exception" from a
+    thread still running at interpreter teardown (seen in about 1 of 10 ZeRO-3 runs of this file on the 2-core
+    machine, after the last step and its log line). Nothing the plugin computes is involved, so such a run is
+    repeated once; a second abort fails the test."""
+    log = proc.stdout + proc.stderr
+    return "terminate called without an active exception" in log and "'train_runtime'" in log
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -116,7 +127,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.mark.parametrize("teacher", ["precomputed", "online"])
 def test_data_parallel_and_zero3_match_one_process(ou_root, workspace, tmp_path, teacher) -> None:
-    extra = [f"trainer.method_args.teacher={teacher}", "trainer.method_args.stream_weights.retain=0"]
+    extra = [f"trainer.method_args.teacher_mode={teacher}", "trainer.method_args.stream_weights.retain=0"]
     runs = {
         layout: _train(ou_root, workspace, tmp_path, layout, f"{teacher}_{layout}", extra)
         for layout in ("single", "ddp", "zero3")
@@ -205,7 +216,7 @@ def test_first_n_generation_under_zero3(ou_root, workspace, tmp_path, teacher) -
     The loss is a mean over each rank's valid positions (the continuations differ in length), so SGD keeps the
     difference to one process proportional, as in the UNDO test."""
     extra = [
-        f"trainer.method_args.teacher={teacher}",
+        f"trainer.method_args.teacher_mode={teacher}",
         "trainer.method_args.stream_weights.retain=0",
         "trainer.method_args.positions=first_n",
         "trainer.method_args.num_positions=4",

@@ -61,6 +61,9 @@ def test_precomputed_and_online_trainers_agree(
         for teacher in ("precomputed", "online")
     )
     assert online.teacher_model is not None and pre.teacher_model is None
+    # DUET leaves the collator's default: a prefilled record's teacher view carries the prefill (BiDistill's
+    # prefill_target decides it for BiDistill)
+    assert pre.data_collator.teacher_prefill is True
     pre.targets = pre.precompute_targets()
     assert len(pre.targets) == len(authors_dataset.configs["forget10"]) + len(authors_dataset.configs["retain90"])
 

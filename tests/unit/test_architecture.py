@@ -129,6 +129,9 @@ def test_renamed_options_still_work_with_a_warning(config, old, new, value) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert getattr(build(config, {old: None}), new) == getattr(config(), new)  # the YAML's null: no warning
+    default = getattr(config(), new)  # both names set, to different values, the new one not at its default
+    with pytest.raises(OptionError, match=rf"^{old} \(the old name of {new}\) is '{default}' but {new} is '{value}'"):
+        build(config, {old: default, new: value})
 
 
 def test_option_errors_name_the_option_and_can_be_placed_under_a_key() -> None:

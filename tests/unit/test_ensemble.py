@@ -19,6 +19,7 @@ from duet_plugin.core.ensemble import (
     parse_teachers,
 )
 from duet_plugin.core.noise import shrink_and_perturb
+from duet_plugin.core.options import OptionError
 from duet_plugin.core.teacher_targets import ensemble_continuations, greedy_continuations, teacher_targets
 from duet_plugin.demo.tiny_llama import build_tiny_llama
 
@@ -44,9 +45,9 @@ def test_parse_teachers_forms_and_errors() -> None:
     assert parse_teachers("saves/a") == [TeacherSpec(path="saves/a")]
     specs = parse_teachers([{"path": "a", "weight": 2}, {"prefix": "never_heard_of"}])
     assert specs == [TeacherSpec("a", None, 2.0), TeacherSpec(None, "never_heard_of", 1.0)]
-    with pytest.raises(ValueError, match=r"teachers\[0\]: unknown teacher key\(s\) \['wieght'\]"):
+    with pytest.raises(OptionError, match=r"^teachers\[0\] has unknown key\(s\) \['wieght'\]"):
         parse_teachers([{"path": "a", "wieght": 2}])
-    with pytest.raises(ValueError, match="sum to zero"):
+    with pytest.raises(OptionError, match=r"^teachers has weights that sum to zero"):
         parse_teachers([{"path": "a", "weight": 0}])
     with pytest.raises(ValueError, match=r"\[1\].weight must be a non-negative"):
         parse_teachers(["a", {"path": "b", "weight": -1}])

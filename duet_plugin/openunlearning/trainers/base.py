@@ -28,7 +28,7 @@ from transformers import Trainer
 from duet_plugin.core.ensemble import TeacherSpec, check_same_vocab, load_checkpoint, vocab_size
 from duet_plugin.core.lora import target_module_names, wrap
 from duet_plugin.core.options import OptionError, accepted, build, option_names
-from duet_plugin.core.teacher_targets import eos_ids
+from duet_plugin.core.teacher_targets import eos_ids as tokenizer_eos_ids
 from duet_plugin.openunlearning.trainers.lora_saving import ZERO3_REFUSAL, LoRASaving, zero3_requested
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ class DistillationTrainer(LoRASaving, UnlearnTrainer):
 
     @property
     def eos_ids(self) -> list[int]:
-        return eos_ids(getattr(self, "processing_class", None) or self.tokenizer)
+        """The tokenizer's end-of-sequence id(s), where the teacher's continuations stop."""
+        return tokenizer_eos_ids(getattr(self, "processing_class", None) or self.tokenizer)
 
     def prepare_frozen(self, model: Any) -> Any:
         """A frozen model on the trainer's device, wrapped as OU's reference model is (``GradDiff._prepare_ref_model``

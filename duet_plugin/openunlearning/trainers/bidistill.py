@@ -22,7 +22,12 @@ class BiDistill(SteeredTeacherTrainer):
     log_prefix = "bidistill"
 
     def compute_loss(
-        self, model: Any, inputs: Mapping[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        self,
+        model: Any,
+        inputs: Mapping[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
     ) -> Any:
         streams, teacher = self.streams(inputs), self.teacher_source(model)
         pad_id = self.data_collator.pad_id

@@ -20,7 +20,12 @@ class DUET(SteeredTeacherTrainer):
     log_prefix = "duet"
 
     def compute_loss(
-        self, model: Any, inputs: Mapping[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        self,
+        model: Any,
+        inputs: Mapping[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
     ) -> Any:
         streams = self.streams(inputs)
         teacher = self.teacher_source(model)

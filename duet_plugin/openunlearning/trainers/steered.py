@@ -33,7 +33,7 @@ class SteeredTeacherTrainer(DistillationTrainer):
         tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
         if tokenizer is None:
             raise ValueError(f"{type(self).__name__} needs the model's tokenizer (OU passes it to every trainer).")
-        self.target = self.cfg.target_config(self.vocab_size)
+        self.target_cfg = self.cfg.target_config(self.vocab_size)
         for i, t in enumerate(self.cfg.teachers):
             if t.path is not None:
                 check_checkpoint(t.path, f"{METHOD_ARGS}.teachers[{i}].path")
@@ -131,7 +131,7 @@ class SteeredTeacherTrainer(DistillationTrainer):
             self.teacher(online=False, model=model),
             stream_datasets(self.train_dataset),
             self.data_collator,
-            self.target,
+            self.target_cfg,
             self.data_collator.pad_id,
             self.eos_ids,
             context=self.accelerator.autocast,

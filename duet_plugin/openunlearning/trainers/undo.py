@@ -24,7 +24,7 @@ from duet_plugin.core.distributed import is_zero3_partitioned
 from duet_plugin.core.ensemble import as_teacher, check_checkpoint
 from duet_plugin.core.noise import shrink_and_perturb
 from duet_plugin.core.undo import UNDOConfig, distill_mask, label_nll, recovered, recovery_gap, undo_loss
-from duet_plugin.openunlearning.trainers.base import METHOD_ARGS, DistillationTrainer
+from duet_plugin.openunlearning.trainers.base import METHOD_ARGS, DistillationTrainer, method_args_errors
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class UNDO(DistillationTrainer):
     log_prefix = "undo"
 
     def prepare(self, kwargs: dict[str, Any]) -> None:
-        specs = self.cfg.teachers()
+        self.teacher_specs = specs = self.cfg.teachers()
         for i, spec in enumerate(specs):
             check_checkpoint(spec.path, f"{TEACHER_KEY}[{i}]" if len(specs) > 1 else TEACHER_KEY)
         if kwargs.get("train_dataset") is not None:
@@ -153,7 +153,8 @@ class UNDO(DistillationTrainer):
 
     def setup(self) -> None:
         frozen = [self.prepare_frozen(t) for t in self._teachers]
-        self.teacher_model = as_teacher(frozen, [s.weight for s in self.cfg.teachers()])
+        del self._teachers
+        self.teacher_model = as_teacher(frozen, [s.weight for s in self.teacher_specs])
         self.recovery_callback = RetainRecoveryCallback(self)
         self.add_callback(self.recovery_callback)
 
@@ -177,7 +178,12 @@ class UNDO(DistillationTrainer):
             ) from None
 
     def compute_loss(
-        self, model: Any, inputs: Mapping[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        self,
+        model: Any,
+        inputs: Mapping[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
     ) -> Any:
         if "input_ids" not in inputs:
             raise ValueError(
@@ -185,7 +191,8 @@ class UNDO(DistillationTrainer):
                 "(data=unlearn) or a plain token dataset, not a custom nested one."
             )
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        positions = distill_mask(inputs.get("labels"), mask, ids, self.cfg.tokens)
+        with method_args_errors():  # tokens=labels on a batch without labels
+            positions = distill_mask(inputs.get("labels"), mask, ids, self.cfg.tokens)
         outputs = model(input_ids=ids, attention_mask=mask)
         with torch.no_grad():
             teacher_logits = self.teacher_model(input_ids=ids, attention_mask=mask).logits
