@@ -31,10 +31,15 @@ from typing import Any
 
 import torch
 
-from duet_plugin.core.collate import gather_positions
 from duet_plugin.core.losses import BIDIRECTIONAL_DISTANCES, directed_loss, validate_distance, validate_top_k
 from duet_plugin.core.options import OptionError, one_of, option, positive_int
-from duet_plugin.core.teacher_targets import SteeredTeacherConfig, TargetConfig, TeacherTargetStore, stream_targets
+from duet_plugin.core.teacher_targets import (
+    SteeredTeacherConfig,
+    TargetConfig,
+    TeacherTargetStore,
+    stream_targets,
+    student_logits_at,
+)
 from duet_plugin.core.unified import STREAMS
 
 DIRECTIONS = ("pull", "push")
@@ -175,8 +180,7 @@ def bidistill_loss(
         if not any(weights.values()):
             continue
         targets, batch = stream_targets(stream, batch, target, pad_id, eos_ids, teacher=teacher, store=store)
-        logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
-        at = gather_positions(logits, batch["student_positions"], batch["position_mask"])
+        at = student_logits_at(model, batch)
         targets = targets.to(at.device)
         for direction, w in weights.items():
             if w == 0:

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from duet_plugin.core.collate import gather_positions
 from duet_plugin.core.losses import TopKTargets, topk_distillation_loss, validate_distance, validate_top_k
 from duet_plugin.core.options import OptionError, option, positive_int
 from duet_plugin.core.teacher_targets import (
@@ -20,6 +19,7 @@ from duet_plugin.core.teacher_targets import (
     TargetConfig,
     TeacherTargetStore,
     stream_targets,
+    student_logits_at,
 )
 
 
@@ -60,8 +60,7 @@ class DUETConfig(SteeredTeacherConfig):
 
 def student_loss(model: Any, batch: Mapping[str, torch.Tensor], targets: TopKTargets, cfg: DUETConfig) -> torch.Tensor:
     """The student's distillation loss on one stream batch (query-only view, no prefix)."""
-    logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
-    at = gather_positions(logits, batch["student_positions"], batch["position_mask"])
+    at = student_logits_at(model, batch)
     return topk_distillation_loss(at, targets.to(at.device), cfg.distance, cfg.huber_delta)
 
 

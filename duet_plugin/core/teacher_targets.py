@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from duet_plugin.core.collate import EXTRA_VIEWS, extend_with_continuations, gather_positions, to_device
+from duet_plugin.core.collate import EXTRA_VIEWS, extend_with_continuations, to_device
 from duet_plugin.core.distributed import all_gather_objects, is_zero3_partitioned, shard_indices, world
 from duet_plugin.core.ensemble import TeacherEnsemble, TeacherSpec, average_logits, parse_teachers
+from duet_plugin.core.logits import logits_at
 from duet_plugin.core.lora import LoRAConfig
 from duet_plugin.core.losses import TopKTargets, select_topk, validate_top_k
 from duet_plugin.core.options import one_of, option, positive_int
@@ -185,18 +186,24 @@ def ensemble_continuations(
     return conts
 
 
+def _view_logits_at(model: Any, view: Mapping[str, Any], prefix: str, position_mask: torch.Tensor) -> torch.Tensor:
+    ids, mask = view[f"{prefix}_input_ids"], view[f"{prefix}_attention_mask"]
+    return logits_at(model, ids, mask, view[f"{prefix}_positions"], position_mask)
+
+
+def student_logits_at(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+    """The student's logits ``[N, V]`` at the aligned positions of its (unprefixed) view."""
+    return _view_logits_at(model, batch, "student", batch["position_mask"])
+
+
 def teacher_logits_at(teacher: Any, batch: Mapping[str, Any]) -> torch.Tensor:
-    """The teacher's logits ``[N, V]`` at the aligned positions (averaged over an ensemble's members and views)."""
-    if isinstance(teacher, TeacherEnsemble) and not teacher.single_view:
+    """The teacher's logits ``[N, V]`` at the aligned positions (averaged over an ensemble's members, each on its
+    prompt view)."""
+    if isinstance(teacher, TeacherEnsemble):
         views = _views(teacher, batch)
-        logits = teacher.logits_for_views([(v["teacher_input_ids"], v["teacher_attention_mask"]) for v in views])
-        at = [
-            gather_positions(x, views[v]["teacher_positions"], batch["position_mask"])
-            for x, (_, v, _) in zip(logits, teacher.members, strict=True)
-        ]
+        at = [_view_logits_at(m, views[v], "teacher", batch["position_mask"]) for m, v, _ in teacher.members]
         return average_logits(at, teacher.weights)
-    logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
-    return gather_positions(logits, batch["teacher_positions"], batch["position_mask"])
+    return _view_logits_at(teacher, batch, "teacher", batch["position_mask"])
 
 
 @torch.no_grad()

@@ -1,10 +1,9 @@
 """Each trainer's loss on fixed fixtures, pinned: the trainer layer may be restructured, its numbers may not move.
 
 ``tests/data/pinned_losses.json`` was written by this file (``DUET_PIN_LOSSES=write``) from the trainers as they
-stood before the shared trainer base (commit d581fe6). Every case builds the trainer through OU's registry on the
-session's tiny model, moves the student off its starting weights by a seeded step, and computes the loss and the
-logged terms on a seeded batch.
-"""
+stood before the shared trainer base (commit d581fe6); they hold within fp32 noise (see the tolerance below). Every
+case builds the trainer through OU's registry on the session's tiny model, moves the student off its starting
+weights by a seeded step, and computes the loss and the logged terms on a seeded batch."""
 
 from __future__ import annotations
 
@@ -133,5 +132,6 @@ def test_losses_match_the_pinned_values(
     expected = json.loads(PINNED.read_text())[case]
     assert sorted(got) == sorted(expected)
     for key, value in expected.items():
-        # the logged terms are rounded to 6 decimals
-        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-7 if key == "loss" else 1.5e-6), key
+        # The logged terms are rounded to 6 decimals. Since the LM head reads only the aligned positions of a
+        # left-aligned batch (core/logits.py), fp32 sums run in another order: 1e-7 absolute on a KL of 1.6e-3.
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=5e-7 if key == "loss" else 1.5e-6), key
