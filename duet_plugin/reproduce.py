@@ -62,7 +62,7 @@ from duet_plugin.demo.benchmark_layouts import (
     write_files,
 )
 from duet_plugin.demo.demo_data import REFUSAL
-from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
+from duet_plugin.openunlearning.cpu_overrides import eval_overrides, offline_env, train_overrides
 from duet_plugin.openunlearning.registration import config_dir
 
 BENCHMARKS = ("tofu", "muse", "wmdp")
@@ -795,15 +795,7 @@ class _Launcher:
 
     def cpu_env(self) -> dict[str, str]:
         demo = self.options.demo
-        threads = str(demo.threads)
-        return {
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "HF_DATASETS_CACHE": str(demo.workdir / ".hf_datasets_cache"),
-        }
+        return offline_env(demo.workdir / ".hf_datasets_cache", demo.threads)
 
     def command(self, script: str, processes: int) -> tuple[list[str], dict[str, str]]:
         """argv prefix and env: ``accelerate launch`` on ``processes`` GPUs as OU's scripts, or one process."""

@@ -380,7 +380,7 @@ class Bench:
             if method.batch == "pairs":
                 ds = t.train_dataset  # DUET/BiDistill hold it converted to unified records, same order
                 items = [
-                    {"forget": ds.forget[f], "retain": ds.retain[r]}
+                    {"forget": ds.streams["forget"][f], "retain": ds.streams["retain"][r]}
                     for f, r in zip(forget_ids, retain_ids, strict=True)
                 ]
             elif method.batch == "flat":

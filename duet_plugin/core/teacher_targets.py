@@ -60,8 +60,8 @@ class SteeredTeacherConfig:
     )
     teacher_mode: str = option(
         "precomputed",
-        help="precomputed: targets from the starting weights, once, before training | online: a frozen copy "
-        "queried at every step.",
+        help="precomputed: targets from the starting weights, once, before training, for the queries the run "
+        "reads | online: a frozen copy queried at every step.",
     )
     teacher_batch_size: int = option(16, help="Queries per teacher forward when precomputing the targets.")
     positions: str = option(
@@ -267,7 +267,11 @@ class TeacherTargetStore:
         try:
             picked = [rows[int(i)] for i in indices]
         except KeyError as err:
-            raise KeyError(f"No precomputed teacher target for {stream} example {err.args[0]}.") from None
+            raise KeyError(
+                f"No precomputed teacher target for {stream} example {err.args[0]}: targets are computed for the "
+                "queries the run's sampler reads (core/pairing.py), and this one was not among them (a sampler "
+                "other than the trainer's?). teacher_mode=online computes every target as it is read."
+            ) from None
         targets = TopKTargets(
             torch.cat([p[0] for p in picked]).long(),
             torch.cat([p[1] for p in picked]),
@@ -302,8 +306,10 @@ def precompute_targets(
     pad_id: int,
     eos_ids: Sequence[int],
     context: Any = contextlib.nullcontext,
+    indices: Mapping[str, Sequence[int]] | None = None,
 ) -> TeacherTargetStore:
-    """Teacher targets for every query of every stream dataset (items carry ``index``), from ``model`` as it is.
+    """Teacher targets for the queries of every stream dataset (items carry ``index``), from ``model`` as it is:
+    those of ``indices[stream]`` where given (the queries training reads, ``core/pairing.py``), else all.
 
     ``context`` is entered around each teacher forward (e.g. the trainer's autocast), so the targets have the
     precision an online teacher would have. With several processes (``torch.distributed``) each rank computes an
@@ -316,6 +322,8 @@ def precompute_targets(
     model.eval()
     device = _model_device(model)
     for stream, dataset in streams.items():
+        if indices is not None:
+            dataset = Subset(dataset, list(indices.get(stream, [])))
         share = Subset(dataset, shard_indices(len(dataset), rank, world_size)) if world_size > 1 else dataset
         for batch in DataLoader(share, batch_size=cfg.batch_size, collate_fn=collate_fn):
             batch = to_device(batch, device)

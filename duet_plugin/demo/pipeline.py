@@ -31,7 +31,7 @@ from duet_plugin.demo.demo_data import REFUSAL, DemoData, build_demo_data
 from duet_plugin.demo.fictitious_authors import build_dataset, write_hub_layout
 from duet_plugin.demo.progress import JobProgress
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer, save_model
-from duet_plugin.openunlearning.cpu_overrides import eval_overrides, train_overrides
+from duet_plugin.openunlearning.cpu_overrides import eval_overrides, offline_env, train_overrides
 from duet_plugin.openunlearning.launcher import find_ou_root
 from duet_plugin.report import fmt
 
@@ -216,17 +216,9 @@ class Demo:
         ``progress_interval`` seconds; its whole output goes to ``logs/<name>.log`` as it comes."""
         log_path = self.logs / f"{name}.log"
         cmd = [sys.executable, str(self.ou_root / "src" / f"{script}.py"), *args]
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1",
-            # One datasets cache per data folder: the teacher view reuses the plain view's config names.
-            "HF_DATASETS_CACHE": str((cwd or self.workdir) / ".hf_datasets_cache"),
-        }
+        # One datasets cache per data folder: the teacher view reuses the plain view's config names.
+        env = {**os.environ, **offline_env((cwd or self.workdir) / ".hf_datasets_cache", threads)}
+        env["PYTHONUNBUFFERED"] = "1"
         job = JobProgress(name, steps=script == "train", metrics_total=self._eval_metrics if script == "eval" else None)
         self.say(f"      {name}: started on {threads} thread{'s' * (threads > 1)} (t={self.elapsed():.0f}s)")
         errors: list[BaseException] = []

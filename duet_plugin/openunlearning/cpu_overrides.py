@@ -1,4 +1,4 @@
-"""Hydra overrides that make OU's scripts run on a CPU machine, offline, on a local model.
+"""Hydra overrides (and the environment) that make OU's scripts run on a CPU machine, offline, on a local model.
 
 Measured on OU's snapshot (``d3d7cf9``): each one fixes a concrete failure
 (flash-attention, bf16, bitsandbytes' paged optimizer, ``warmup_epochs`` dividing by the GPU count, CUDA device maps,
@@ -8,6 +8,21 @@ the in-training eval that would reach the Hub).
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def offline_env(datasets_cache: str | Path, threads: int | None = None) -> dict[str, str]:
+    """Environment variables for OU's scripts without a hub: offline Hugging Face libraries, ``datasets``' cache in
+    ``datasets_cache`` (one per data folder: configs of the same name are cached by name), and with ``threads`` the
+    torch/MKL thread count."""
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_DATASETS_CACHE": str(datasets_cache),
+    }
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
 
 
 def model_overrides(model_path: str | Path) -> list[str]:

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
 from duet_plugin.core.converters import prefilled_records
+from duet_plugin.core.pairing import StreamDraws
 from duet_plugin.core.query_builders import records_from_text
 from duet_plugin.core.unified import STREAMS, UnifiedRecord, records_from_qa
 
@@ -134,24 +134,26 @@ def to_unified(dataset: Any, stream: str) -> UnifiedRecordDataset | None:
 
 class StreamsDataset(Dataset):
     """Several streams of unified records as one training dataset, anchored like OU's ``ForgetRetainDataset``:
-    item ``i`` holds the anchor stream's record ``i`` and a random record of every other stream (OU's global torch
-    RNG, as OU samples its retain side)."""
+    an epoch is one pass over the anchor stream, and each item holds one record of every other stream too.
 
-    def __init__(self, streams: Mapping[str, UnifiedRecordDataset], anchor: str = "forget") -> None:
+    Unlike OU's dataset, which draws the other records from the global RNG when an item is read, item ``p`` reads
+    the records :class:`~duet_plugin.core.pairing.StreamDraws` assigns to position ``p`` (seeded, no repeat of a
+    record before all are drawn). The plugin's trainers sample positions ``e*N .. (e+1)*N - 1`` in epoch ``e``
+    (:class:`~duet_plugin.core.pairing.EpochPositions`), so the queries a run reads are known before it starts and
+    only those get teacher targets. Any other sampler over ``range(len(self))`` reads epoch 0's draws."""
+
+    def __init__(self, streams: Mapping[str, UnifiedRecordDataset], anchor: str = "forget", seed: int = 0) -> None:
         if anchor not in streams:
             raise ValueError(f"The anchor stream {anchor!r} is missing; streams: {sorted(streams)}.")
         self.streams = dict(streams)
         self.anchor = anchor
+        self.draws = StreamDraws({name: len(ds) for name, ds in self.streams.items()}, anchor, seed)
 
     def __len__(self) -> int:
         return len(self.streams[self.anchor])
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
-        item = {self.anchor: self.streams[self.anchor][idx]}
-        for name, ds in self.streams.items():
-            if name != self.anchor:
-                item[name] = ds[int(torch.randint(0, len(ds), (1,)).item())]
-        return item
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return {name: self.streams[name][idx] for name, idx in self.draws.item(int(position)).items()}
 
 
 class UnifiedStreamsDataset(StreamsDataset):
@@ -245,13 +247,16 @@ def stream_datasets(train_dataset: Any) -> dict[str, UnifiedRecordDataset]:
     return {name: to_unified(ds, name) for name, ds in streams.items() if ds is not None}
 
 
-def unified_train_dataset(train_dataset: Any) -> Any:
-    """``train_dataset`` with every stream converted; an OU ``ForgetRetainDataset`` of forget/retain keeps its
-    type and anchor, more streams become a :class:`StreamsDataset`."""
+def unified_train_dataset(train_dataset: Any, seed: int = 0) -> Any:
+    """``train_dataset`` with every stream converted: several streams (OU's ``ForgetRetainDataset`` included) become
+    a :class:`StreamsDataset` with the same anchor, whose draws are seeded by ``seed``; a single stream stays a
+    dataset of records."""
     streams = stream_datasets(train_dataset)
+    for name in sorted(streams, key=lambda n: n != "forget"):
+        if len(streams[name]) == 0:
+            where = "data.forget" if name == "forget" else f"the data of the {name} stream"
+            raise ValueError(f"The {name} set has no queries: check {where} (its hf_args and question_key).")
+    if len(streams) == 1 and not isinstance(train_dataset, StreamsDataset):
+        return next(iter(streams.values()))
     anchor = getattr(train_dataset, "anchor", "forget")
-    if set(streams) - {"forget", "retain"} or isinstance(train_dataset, StreamsDataset):
-        return StreamsDataset(streams, anchor=anchor if anchor in streams else "forget")
-    if not (hasattr(train_dataset, "forget") and hasattr(train_dataset, "retain")):
-        return streams["forget"]
-    return type(train_dataset)(forget=streams.get("forget"), retain=streams.get("retain"), anchor=anchor)
+    return StreamsDataset(streams, anchor=anchor if anchor in streams else "forget", seed=seed)

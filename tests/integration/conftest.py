@@ -75,11 +75,12 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def run_ou(ou_root: Path, workspace: Path):
-    """``run_ou(script, args, launcher=False, check=True)``: OU's ``src/<script>.py`` (or ``duet-plugin <script>``)
-    as a subprocess in the workspace; fails the test with its output when ``check`` and it fails."""
+    """``run_ou(script, args, launcher=False, check=True, cwd=None)``: OU's ``src/<script>.py`` (or ``duet-plugin
+    <script>``) as a subprocess in the workspace (or ``cwd``, e.g. another dataset layout); fails the test with its
+    output when ``check`` and it fails."""
 
-    def run(script: str, args: list[str], launcher: bool = False, check: bool = True):
-        return _run(ou_root, workspace, script, args, launcher=launcher, check=check)
+    def run(script: str, args: list[str], launcher: bool = False, check: bool = True, cwd: Path | None = None):
+        return _run(ou_root, cwd or workspace, script, args, launcher=launcher, check=check)
 
     return run
 

@@ -65,7 +65,11 @@ def test_precomputed_and_online_trainers_agree(
     # prefill_target decides it for BiDistill)
     assert pre.data_collator.teacher_prefill is True
     pre.targets = pre.precompute_targets()
-    assert len(pre.targets) == len(authors_dataset.configs["forget10"]) + len(authors_dataset.configs["retain90"])
+    # only the queries training reads: 3 epochs (HF's default) x 8 forget items, + one step of margin
+    assert pre.used_queries() == pre.train_dataset.draws.used(3 * 8 + 4)
+    assert (
+        len(pre.targets) == 8 + 28 < len(authors_dataset.configs["forget10"]) + len(authors_dataset.configs["retain90"])
+    )
 
     torch.manual_seed(0)
     batch = pre.data_collator([pre.train_dataset[i] for i in range(4)])

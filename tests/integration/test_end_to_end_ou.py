@@ -47,7 +47,9 @@ def test_tofu_duet_train_then_eval(run_ou, workspace, teacher) -> None:
     out = workspace / "saves" / "unlearn" / task
     log = proc.stdout + proc.stderr
     assert "duet/forget_loss" in log and "duet/retain_loss" in log
-    assert ("precomputed teacher targets for 80 queries" in log) == (teacher == "precomputed")
+    # 2 epochs of the 8 forget queries in batches of 4, + one step of margin: every forget query, 20 retain of 72
+    precomputed = "precomputed teacher targets for the 28 queries training reads (forget 8 of 8, retain 20 of 72"
+    assert (precomputed in log) == (teacher == "precomputed")
     # the concepts are derived from the forget split and logged before any compute: exactly its authors
     derived = re.search(r"concepts derived from the forget data \(\d+ records\): (\[.*?\]);", log)
     authors = build_dataset(n_authors=20, qa_per_author=4, seed=0).forget_authors("forget10")

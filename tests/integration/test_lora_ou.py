@@ -143,8 +143,10 @@ def test_lora_teacher_is_the_base_without_a_copy_and_both_modes_agree(
     plain = _duet(ou_imported, copy.deepcopy(tiny_model), tokenizer, authors_dataset, tmp_path, chat_args,
                   **{**common, "lora": None})  # fmt: skip
     plain.targets = plain.precompute_targets()  # full fine-tuning: from the starting model itself
-    for stream, split in (("forget", "forget10"), ("retain", "retain90")):
-        rows = range(len(authors_dataset.configs[split]))
+    used = pre.used_queries()
+    assert used == plain.used_queries()
+    for stream in ("forget", "retain"):
+        rows = used[stream]
         (ours, ours_conts), (theirs, theirs_conts) = (
             pre.targets.lookup(stream, rows),
             plain.targets.lookup(stream, rows),
@@ -251,7 +253,8 @@ def test_gradient_checkpointing_with_lora_through_train_py(run_ou, workspace) ->
     )
     log = proc.stdout + proc.stderr
     assert "incompatible with gradient checkpointing" in log  # checkpointing was on in the student's forward
-    assert "precomputed teacher targets for 80 queries" in log
+    # 2 steps of 4 + one of margin: 12 positions read the 8 forget queries and 12 of the 72 retain ones
+    assert "precomputed teacher targets for the 20 queries training reads (forget 8 of 8, retain 12 of 72" in log
     before = AutoModelForCausalLM.from_pretrained(workspace / "tiny").state_dict()
     after = AutoModelForCausalLM.from_pretrained(workspace / "saves" / "unlearn" / task).state_dict()
     assert {k.rsplit(".", 2)[-2] for k in _changed(before, after)} == {"q_proj", "v_proj"}  # the defaults' targets

@@ -79,6 +79,18 @@ def _undo_data(tokenizer, authors_dataset, chat_args):
     return ForgetRetainDataset(qa("forget10"), qa("retain90"))
 
 
+def _item(dataset, i: int) -> dict:
+    """Item ``i`` as the values were pinned: anchor record ``i``, every other stream's record drawn from the global
+    RNG (OU's ForgetRetainDataset's pairing), independent of the plugin's own draws (core/pairing.py)."""
+    if not isinstance(dataset, StreamsDataset):
+        return dataset[i]
+    item = {dataset.anchor: dataset.streams[dataset.anchor][i]}
+    for name, ds in dataset.streams.items():
+        if name != dataset.anchor:
+            item[name] = ds[int(torch.randint(0, len(ds), (1,)).item())]
+    return item
+
+
 def _compute(handler, method_args, tiny_model, tokenizer, authors_dataset, chat_args, tmp_path) -> dict[str, float]:
     from data.collators import DataCollatorForSupervisedDataset
     from trainer import TRAINER_REGISTRY
@@ -108,7 +120,7 @@ def _compute(handler, method_args, tiny_model, tokenizer, authors_dataset, chat_
             if p.requires_grad:
                 p.add_(0.03 * torch.randn_like(p))
     torch.manual_seed(2)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    batch = trainer.data_collator([_item(trainer.train_dataset, i) for i in range(4)])
     if handler == "UNDO":
         batch = {k: v for k, v in batch.items() if k != "index"}
     loss = trainer.compute_loss(trainer.model, batch)

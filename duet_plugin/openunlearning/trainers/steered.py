@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from transformers import TrainerCallback
+
 from duet_plugin.core.ensemble import as_teacher, check_checkpoint
 from duet_plugin.core.lora import AdaptersDisabled
+from duet_plugin.core.pairing import EpochPositions, positions_drawn
 from duet_plugin.core.teacher import concepts_from_records
 from duet_plugin.core.teacher_targets import TeacherTargetStore, precompute_targets
 from duet_plugin.openunlearning.collators import DUETCollator
-from duet_plugin.openunlearning.datasets import stream_datasets, unified_train_dataset
+from duet_plugin.openunlearning.datasets import StreamsDataset, stream_datasets, unified_train_dataset
 from duet_plugin.openunlearning.trainers.base import METHOD_ARGS, DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -38,7 +43,10 @@ class SteeredTeacherTrainer(DistillationTrainer):
             if t.path is not None:
                 check_checkpoint(t.path, f"{METHOD_ARGS}.teachers[{i}].path")
         if kwargs.get("train_dataset") is not None:
-            kwargs["train_dataset"] = unified_train_dataset(kwargs["train_dataset"])
+            args = kwargs.get("args")
+            seed = getattr(args, "data_seed", None)
+            seed = getattr(args, "seed", 0) if seed is None else seed
+            kwargs["train_dataset"] = unified_train_dataset(kwargs["train_dataset"], seed=seed)
             self._fill_concepts(stream_datasets(kwargs["train_dataset"]))
         kwargs["data_collator"] = self._collator(kwargs, tokenizer)
 
@@ -94,6 +102,31 @@ class SteeredTeacherTrainer(DistillationTrainer):
     def setup(self) -> None:
         self.targets: TeacherTargetStore | None = None
         self.teacher_model = self.teacher(online=True) if self.cfg.teacher_mode == "online" else None
+        self.add_callback(_EpochToSampler(self))
+
+    # -- the draws -------------------------------------------------------------------------------------------------
+    def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+        """Positions in order for a :class:`StreamsDataset` (its draws are the shuffle; ``core/pairing.py``), so
+        that the queries training reads are known before it starts; HF's sampler for any other dataset."""
+        if isinstance(self.train_dataset, StreamsDataset):
+            self.epoch_positions = EpochPositions(len(self.train_dataset))
+            return self.epoch_positions
+        return super()._get_train_sampler(*args, **kwargs)
+
+    def used_queries(self) -> dict[str, list[int]] | None:
+        """Per stream, the record indices this run's training reads (from its arguments: steps or epochs, batch,
+        accumulation, processes), with one optimiser step of margin; None when every record may be read."""
+        if not isinstance(self.train_dataset, StreamsDataset):
+            return None
+        a = self.args
+        records, per_round = len(self.train_dataset), a.per_device_train_batch_size * a.world_size
+        rounds_per_epoch = math.ceil(records / per_round)
+        if a.max_steps > 0:
+            rounds = a.max_steps * a.gradient_accumulation_steps
+        else:
+            rounds = math.ceil(a.num_train_epochs) * rounds_per_epoch
+        drawn = positions_drawn(records, per_round, rounds + a.gradient_accumulation_steps)
+        return self.train_dataset.draws.used(drawn)
 
     # -- the teacher -----------------------------------------------------------------------------------------------
     def starting_model(self, online: bool, model: Any = None) -> Any:
@@ -124,23 +157,29 @@ class SteeredTeacherTrainer(DistillationTrainer):
         return as_teacher(models, [t.weight for t in specs], self.teacher_views)
 
     def precompute_targets(self, model: Any = None) -> TeacherTargetStore:
-        """Teacher targets for every query, from the starting weights, once (with LoRA: from the base with the
-        adapters disabled, which at ``train()`` start equals the adapted model, B = 0). With several processes each
-        rank computes its share and every rank receives the whole store."""
+        """Teacher targets for the queries training reads (:meth:`used_queries`), from the starting weights, once
+        (with LoRA: from the base with the adapters disabled, which at ``train()`` start equals the adapted model,
+        B = 0). With several processes each rank computes its share and every rank receives the whole store."""
+        streams = stream_datasets(self.train_dataset)
+        used = self.used_queries()
+        start = time.perf_counter()
         store = precompute_targets(
             self.teacher(online=False, model=model),
-            stream_datasets(self.train_dataset),
+            streams,
             self.data_collator,
             self.target_cfg,
             self.data_collator.pad_id,
             self.eos_ids,
             context=self.accelerator.autocast,
+            indices=used,
         )
         logger.info(
-            "%s: precomputed teacher targets for %d queries (%.1f KiB)",
+            "%s: precomputed teacher targets for the %d queries training reads (%s; %.1f KiB) in %.1f s",
             type(self).__name__,
             len(store),
+            ", ".join(f"{s} {len(used[s]) if used else len(ds)} of {len(ds)}" for s, ds in streams.items()),
             store.nbytes() / 1024,
+            time.perf_counter() - start,
         )
         return store
 
@@ -161,3 +200,16 @@ class SteeredTeacherTrainer(DistillationTrainer):
     def streams(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
         """Collated streams by name (a bare teacher/student batch is the forget stream)."""
         return {"forget": inputs} if "student_input_ids" in inputs else inputs
+
+
+class _EpochToSampler(TrainerCallback):
+    """Tells the trainer's :class:`EpochPositions` the epoch HF's loop starts (a resumed run's too): accelerate's
+    data loader passes ``set_epoch`` on to the sampler in one process, not when it shards batches over ranks."""
+
+    def __init__(self, trainer: SteeredTeacherTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        positions = getattr(self.trainer, "epoch_positions", None)
+        if positions is not None:
+            positions.set_epoch(math.floor(state.epoch + 1e-6))
