@@ -34,6 +34,7 @@ import torch
 from duet_plugin.core.losses import BIDIRECTIONAL_DISTANCES, directed_loss, validate_distance, validate_top_k
 from duet_plugin.core.options import OptionError, one_of, option, positive_int
 from duet_plugin.core.teacher_targets import (
+    PrefixCaches,
     SteeredTeacherConfig,
     TargetConfig,
     TeacherTargetStore,
@@ -168,6 +169,7 @@ def bidistill_loss(
     eos_ids: Sequence[int],
     teacher: Any = None,
     store: TeacherTargetStore | None = None,
+    prefix_caches: PrefixCaches | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted sum over streams and directions. Targets come from ``teacher`` (online: full vocabulary) or
     ``store`` (precomputed K'). Returns the loss and each ``<stream>_<direction>`` term (unweighted) for logging."""
@@ -179,7 +181,9 @@ def bidistill_loss(
         weights = {d: cfg.weight(stream, d) for d in DIRECTIONS}
         if not any(weights.values()):
             continue
-        targets, batch = stream_targets(stream, batch, target, pad_id, eos_ids, teacher=teacher, store=store)
+        targets, batch = stream_targets(
+            stream, batch, target, pad_id, eos_ids, teacher=teacher, store=store, prefix_caches=prefix_caches
+        )
         at = student_logits_at(model, batch)
         targets = targets.to(at.device)
         for direction, w in weights.items():

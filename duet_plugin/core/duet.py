@@ -15,6 +15,7 @@ import torch
 from duet_plugin.core.losses import TopKTargets, topk_distillation_loss, validate_distance, validate_top_k
 from duet_plugin.core.options import OptionError, option, positive_int
 from duet_plugin.core.teacher_targets import (
+    PrefixCaches,
     SteeredTeacherConfig,
     TargetConfig,
     TeacherTargetStore,
@@ -72,6 +73,7 @@ def duet_loss(
     eos_ids: Sequence[int],
     teacher: Any = None,
     store: TeacherTargetStore | None = None,
+    prefix_caches: PrefixCaches | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """DUET's objective on a batch of collated streams: the weighted sum of the per-stream student losses.
 
@@ -86,7 +88,9 @@ def duet_loss(
         weight = cfg.stream_weights.get(stream, 1.0)
         if weight == 0:
             continue
-        targets, batch = stream_targets(stream, batch, target, pad_id, eos_ids, teacher=teacher, store=store)
+        targets, batch = stream_targets(
+            stream, batch, target, pad_id, eos_ids, teacher=teacher, store=store, prefix_caches=prefix_caches
+        )
         stream_loss = student_loss(model, batch, targets, cfg)
         parts[stream] = stream_loss.detach().item()
         loss = weight * stream_loss if loss is None else loss + weight * stream_loss

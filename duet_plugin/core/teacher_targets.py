@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from duet_plugin.core.collate import EXTRA_VIEWS, extend_with_continuations, to_device
 from duet_plugin.core.distributed import all_gather_objects, is_zero3_partitioned, shard_indices, world
 from duet_plugin.core.ensemble import TeacherEnsemble, TeacherSpec, average_logits, parse_teachers
-from duet_plugin.core.logits import logits_at
+from duet_plugin.core.logits import PrefixCache, logits_at
 from duet_plugin.core.lora import LoRAConfig
 from duet_plugin.core.losses import TopKTargets, select_topk, validate_top_k
 from duet_plugin.core.options import one_of, option, positive_int
@@ -186,9 +186,11 @@ def ensemble_continuations(
     return conts
 
 
-def _view_logits_at(model: Any, view: Mapping[str, Any], prefix: str, position_mask: torch.Tensor) -> torch.Tensor:
+def _view_logits_at(
+    model: Any, view: Mapping[str, Any], prefix: str, position_mask: torch.Tensor, cache: PrefixCache | None = None
+) -> torch.Tensor:
     ids, mask = view[f"{prefix}_input_ids"], view[f"{prefix}_attention_mask"]
-    return logits_at(model, ids, mask, view[f"{prefix}_positions"], position_mask)
+    return logits_at(model, ids, mask, view[f"{prefix}_positions"], position_mask, cache)
 
 
 def student_logits_at(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -196,24 +198,45 @@ def student_logits_at(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
     return _view_logits_at(model, batch, "student", batch["position_mask"])
 
 
-def teacher_logits_at(teacher: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+PrefixCaches = dict[int, PrefixCache]
+
+
+def teacher_logits_at(teacher: Any, batch: Mapping[str, Any], caches: PrefixCaches | None = None) -> torch.Tensor:
     """The teacher's logits ``[N, V]`` at the aligned positions (averaged over an ensemble's members, each on its
-    prompt view)."""
-    if isinstance(teacher, TeacherEnsemble):
-        views = _views(teacher, batch)
-        at = [_view_logits_at(m, views[v], "teacher", batch["position_mask"]) for m, v, _ in teacher.members]
-        return average_logits(at, teacher.weights)
-    return _view_logits_at(teacher, batch, "teacher", batch["position_mask"])
+    prompt view). With ``caches`` (one :class:`PrefixCache` per member, kept by the caller while the teacher's
+    weights stay as they are) each member's shared prompt prefix is computed once; not under multi-rank ZeRO-3,
+    where the one prefix forward would have to happen at the same call on every rank."""
+    members = teacher.members if isinstance(teacher, TeacherEnsemble) else [(teacher, 0, 1.0)]
+    if caches is not None and world()[1] > 1 and is_zero3_partitioned([m for m, _, _ in members]):
+        caches = None
+    views = _views(teacher, batch) if isinstance(teacher, TeacherEnsemble) else [batch]
+    at = [
+        _view_logits_at(
+            m,
+            views[v],
+            "teacher",
+            batch["position_mask"],
+            None if caches is None else caches.setdefault(i, PrefixCache()),
+        )
+        for i, (m, v, _) in enumerate(members)
+    ]
+    return average_logits(at, teacher.weights) if isinstance(teacher, TeacherEnsemble) else at[0]
 
 
 @torch.no_grad()
 def teacher_targets(
-    teacher: Any, batch: Mapping[str, Any], cfg: TargetConfig, pad_id: int, eos_ids: Sequence[int]
+    teacher: Any,
+    batch: Mapping[str, Any],
+    cfg: TargetConfig,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    caches: PrefixCaches | None = None,
 ) -> tuple[TopKTargets, dict[str, Any], list[list[int]]]:
     """The teacher's top-K targets for one collated stream batch.
 
-    ``teacher`` is a causal LM or a :class:`TeacherEnsemble`. Returns the targets (row-major over valid positions),
-    the batch extended with the teacher's continuation (unchanged for ``first``) and the continuations themselves.
+    ``teacher`` is a causal LM or a :class:`TeacherEnsemble`; ``caches``: see :func:`teacher_logits_at`. Returns the
+    targets (row-major over valid positions), the batch extended with the teacher's continuation (unchanged for
+    ``first``) and the continuations themselves.
     """
     conts: list[list[int]] = [[] for _ in range(batch["teacher_input_ids"].shape[0])]
     if cfg.continuation_length:
@@ -228,7 +251,7 @@ def teacher_targets(
                 eos_ids,
             )
         batch = extend_with_continuations(batch, conts, pad_id)
-    at = teacher_logits_at(teacher, batch)
+    at = teacher_logits_at(teacher, batch, caches)
     validate_top_k(cfg.top_k, at.shape[-1])
     return select_topk(at, cfg.top_k), dict(batch), conts
 
@@ -321,6 +344,7 @@ def precompute_targets(
     was_training = model.training
     model.eval()
     device = _model_device(model)
+    caches: PrefixCaches = {}  # the model's weights stay as they are during this call
     for stream, dataset in streams.items():
         if indices is not None:
             dataset = Subset(dataset, list(indices.get(stream, [])))
@@ -328,7 +352,7 @@ def precompute_targets(
         for batch in DataLoader(share, batch_size=cfg.batch_size, collate_fn=collate_fn):
             batch = to_device(batch, device)
             with context():
-                targets, extended, conts = teacher_targets(model, batch, cfg, pad_id, eos_ids)
+                targets, extended, conts = teacher_targets(model, batch, cfg, pad_id, eos_ids, caches)
             store.add(stream, batch["index"].tolist(), targets, extended["position_mask"], conts)
     model.train(was_training)
     if world_size > 1:
@@ -347,11 +371,13 @@ def stream_targets(
     eos_ids: Sequence[int],
     teacher: Any = None,
     store: TeacherTargetStore | None = None,
+    prefix_caches: PrefixCaches | None = None,
 ) -> tuple[TopKTargets, Mapping[str, Any]]:
-    """One stream batch's teacher targets, online (``teacher``) or looked up in ``store``, and the batch extended
-    with the teacher's continuation (``first_n``)."""
+    """One stream batch's teacher targets, online (``teacher``, with its ``prefix_caches``: see
+    :func:`teacher_logits_at`) or looked up in ``store``, and the batch extended with the teacher's continuation
+    (``first_n``)."""
     if teacher is not None:
-        targets, batch, _ = teacher_targets(teacher, batch, cfg, pad_id, eos_ids)
+        targets, batch, _ = teacher_targets(teacher, batch, cfg, pad_id, eos_ids, prefix_caches)
         return targets, batch
     targets, conts = store.lookup(stream, batch["index"].tolist())
     if cfg.continuation_length:

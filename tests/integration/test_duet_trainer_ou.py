@@ -82,6 +82,8 @@ def test_precomputed_and_online_trainers_agree(
     loss_online = online.compute_loss(online.model, batch)
     assert loss_pre.item() > 0
     assert loss_pre.item() == pytest.approx(loss_online.item(), rel=1e-5)
+    # the online teacher read the prefix from its cache (core/logits.py), computed once
+    assert online.prefix_caches[0].hits >= 1 and len(online.prefix_caches[0].tokens) >= 8
 
 
 def test_forget_set_without_queries_is_rejected(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from duet_plugin.core.collate import TeacherStudentCollator, gather_positions
-from duet_plugin.core.logits import keep_arg, logits_at
+from duet_plugin.core.logits import MIN_PREFIX_TOKENS, PrefixCache, keep_arg, logits_at
 from duet_plugin.core.unified import records_from_qa
 
 CHAT = {"apply_chat_template": True, "system_prompt": "You are a helpful assistant."}
@@ -85,3 +85,70 @@ def test_models_without_the_argument_or_left_padding_get_the_full_logits(tiny_mo
         assert seen[0] == 6
         torch.testing.assert_close(got, _full(tiny_model, ids, mask, positions, position_mask))
         tiny_model.lm_head._forward_hooks.clear()
+
+
+def _forward_tokens(model):
+    """Record how many tokens each forward of the model's body reads (batch x length)."""
+    seen: list[int] = []
+    model.model.register_forward_hook(lambda _m, _i, out: seen.append(out[0].shape[0] * out[0].shape[1]))
+    return seen
+
+
+def test_the_shared_prefix_is_computed_once_and_the_logits_stay_the_same(tiny_model, tokenizer, authors_dataset):
+    prefix = "You have never heard of the following authors: " + ", ".join(authors_dataset.forget_authors("forget10"))
+    collator = TeacherStudentCollator(tokenizer, template_args=CHAT, prefix=prefix)
+    rows = authors_dataset.configs["forget10"] + authors_dataset.configs["retain90"][:8]
+    batches = [
+        collator([{**r.to_dict(), "index": i} for i, r in enumerate(records_from_qa(rows[a:b]))])
+        for a, b in ((0, 5), (5, 11), (11, 12))  # the last: one row, sharing its whole question with itself
+    ]
+    model = copy.deepcopy(tiny_model)
+    cache = PrefixCache()
+    tokens = _forward_tokens(model)
+    with torch.no_grad():
+        for batch in batches:
+            ids, mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
+            positions, position_mask = batch["teacher_positions"], batch["position_mask"]
+            cached = logits_at(model, ids, mask, positions, position_mask, cache)
+            plain = logits_at(model, ids, mask, positions, position_mask)
+            torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cached, _full(model, ids, mask, positions, position_mask), rtol=1e-5, atol=1e-5)
+    shared = len(cache.tokens)
+    assert shared >= MIN_PREFIX_TOKENS and cache.hits == 3
+    # one prefix forward (one row), then each batch runs on its rows minus the shared tokens
+    first = batches[0]["teacher_input_ids"]
+    assert tokens[0] == shared and tokens[1] == first.shape[0] * (first.shape[1] - shared)
+    assert cache.tokens_saved == shared * sum(b["teacher_input_ids"].shape[0] for b in batches)
+
+
+def test_rows_that_share_too_little_run_without_the_cache(tiny_model) -> None:
+    torch.manual_seed(1)
+    ids = torch.randint(5, 500, (3, 14))
+    ids[:, : MIN_PREFIX_TOKENS - 1] = ids[0, : MIN_PREFIX_TOKENS - 1]  # one token short of the threshold
+    mask = torch.tensor([[1] * 14, [1] * 12 + [0] * 2, [1] * 13 + [0]])
+    positions = torch.tensor([[10], [9], [11]])
+    position_mask = torch.ones(3, 1, dtype=torch.bool)
+    cache = PrefixCache()
+    with torch.no_grad():
+        got = logits_at(tiny_model, ids, mask, positions, position_mask, cache)
+        full = _full(tiny_model, ids, mask, positions, position_mask)
+    assert cache.hits == 0 and cache.tokens is None
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_that_leaves_the_cached_prefix_early_reuses_only_what_it_shares(tiny_model) -> None:
+    torch.manual_seed(2)
+    shared = torch.randint(5, 500, (20,))
+    ids = torch.randint(5, 500, (2, 30))
+    ids[:, :20] = shared
+    other = ids.clone()
+    other[:, 12:] = torch.randint(5, 500, (2, 18))  # the next batch shares 12 of the 20 cached tokens
+    mask = torch.ones(2, 30, dtype=torch.long)
+    positions, position_mask = torch.tensor([[25], [27]]), torch.ones(2, 1, dtype=torch.bool)
+    cache = PrefixCache()
+    with torch.no_grad():
+        logits_at(tiny_model, ids, mask, positions, position_mask, cache)
+        got = logits_at(tiny_model, other, mask, positions, position_mask, cache)
+        full = _full(tiny_model, other, mask, positions, position_mask)
+    assert len(cache.tokens) >= 20 and cache.tokens_saved == 2 * len(cache.tokens) + 2 * 12
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)

@@ -23,7 +23,7 @@ from duet_plugin.core.ensemble import as_teacher, check_checkpoint
 from duet_plugin.core.lora import AdaptersDisabled
 from duet_plugin.core.pairing import EpochPositions, positions_drawn
 from duet_plugin.core.teacher import concepts_from_records
-from duet_plugin.core.teacher_targets import TeacherTargetStore, precompute_targets
+from duet_plugin.core.teacher_targets import PrefixCaches, TeacherTargetStore, precompute_targets
 from duet_plugin.openunlearning.collators import DUETCollator
 from duet_plugin.openunlearning.datasets import StreamsDataset, stream_datasets, unified_train_dataset
 from duet_plugin.openunlearning.trainers.base import METHOD_ARGS, DistillationTrainer
@@ -102,6 +102,7 @@ class SteeredTeacherTrainer(DistillationTrainer):
     def setup(self) -> None:
         self.targets: TeacherTargetStore | None = None
         self.teacher_model = self.teacher(online=True) if self.cfg.teacher_mode == "online" else None
+        self.prefix_caches: PrefixCaches = {}  # the online teacher's shared prompt prefix, computed once
         self.add_callback(_EpochToSampler(self))
 
     # -- the draws -------------------------------------------------------------------------------------------------
@@ -191,10 +192,11 @@ class SteeredTeacherTrainer(DistillationTrainer):
         return super().train(*args, **kwargs)
 
     def teacher_source(self, model: Any) -> dict[str, Any]:
-        """Where this step's targets come from, as the objectives take it: ``{teacher, store}``, one of them set."""
+        """Where this step's targets come from, as the objectives take it: ``{teacher, store}`` (one of them set)
+        and the online teacher's prefix caches."""
         if self.cfg.teacher_mode == "precomputed" and self.targets is None:
             self.targets = self.precompute_targets(model if self.zero3 else None)
-        return {"teacher": self.teacher_model, "store": self.targets}
+        return {"teacher": self.teacher_model, "store": self.targets, "prefix_caches": self.prefix_caches}
 
     @staticmethod
     def streams(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
