@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from duet_plugin.core.options import OptionError
+from duet_plugin.core.query_builders import BLANK, CLOZE_PROMPT, CONTINUATION_PROMPT
 
 PREFIX_LIBRARY_FILE = Path(__file__).with_name("prefixes.yaml")
 PLACEMENTS = ("auto", "system", "user")
@@ -261,12 +262,13 @@ _TOKEN = re.compile(r"[^\W\d_][\w'’\-]*|\S")  # words (starting with a letter)
 _POSSESSIVE = ("'s", "’s", "'", "’")
 _PARTICLES = frozenset("van von der den de da del della di du la le al el bin ibn ben y".split())
 #: Words that open a run without being part of a name: question words, honorifics and ranks ("Inspector Varga" is
-#: a character, "Dr Ana Lopez" is "Ana Lopez").
+#: a character, "Dr Ana Lopez" is "Ana Lopez"), and the imperatives of news footers ("Follow BBC Devon on X").
 _LEADING_WORDS = frozenset(
     "What Who Whom Whose Where When Why How Which Is Are Was Were Did Does Do Can Could Would Will Has Have Had "
     "In On At Of For From By With About The A An And Or But If Please Tell Describe Name List Give Explain "
     "Question Answer Yes No Mr Mrs Ms Miss Dr Doctor Professor Prof Sir Dame Lord Lady Inspector Detective "
-    "Sergeant Captain Saint St King Queen Prince Princess President".split()
+    "Sergeant Captain Saint St King Queen Prince Princess President Follow Listen Watch Read Sign Send Contact "
+    "Subscribe Share Download".split()
 )
 
 
@@ -297,28 +299,58 @@ _NOT_NAMES = frozenset(
 )
 
 
-def name_runs(text: str, common: frozenset[str] = frozenset()) -> tuple[list[str], set[str]]:
-    """The runs of two or more capitalised words in ``text`` (lower-case particles such as "van der" allowed
-    inside), and every capitalised word. A possessive ends a run and is dropped ("Okafor's books" -> "Okafor");
-    quoted titles are no part of a run, nor are opening question words, honorifics and ranks, or an opening word
-    whose lower-case form is in ``common`` (a sentence-initial "Her" or "Growing"); a run that ends in a
-    nationality ("South African") or in an award, institution or series ("Caine Prize") is none."""
-    runs, words, run = [], set(), []
+#: Offices: a run that ends in one ("Prime Minister", "Home Secretary") is no name, and a name after one is the name
+#: alone ("US President Joe Biden" -> "Joe Biden", "Health Secretary Victoria Atkins" -> "Victoria Atkins").
+_TITLES = frozenset(
+    "President Minister Secretary Chancellor Senator Governor Mayor Speaker Councillor Commissioner Ambassador "
+    "Judge Congressman Congresswoman".split()
+)
+
+#: Days, months (not May, a surname) and holidays: a run with one ("Christmas Eve", "Tuesday October") is a date.
+_CALENDAR = frozenset(
+    "Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April June July August "
+    "September October November December Christmas Easter Eve Halloween Hanukkah Diwali Ramadan Eid Boxing "
+    "Bonfire Valentine Year".split()
+)
+
+
+_SENTENCE_OPENERS = frozenset(".!?:;|\"“(«‘'")
+
+
+def _runs(text: str, common: frozenset[str] = frozenset()) -> tuple[list[tuple[str, ...]], set[str], set[str]]:
+    """:func:`name_runs` as word tuples, plus the capitalised words that stand alone once honorifics and
+    possessives are gone ("Mr Biden's" -> "Biden"), plus every capitalised word."""
+    runs: list[tuple[str, ...]] = []
+    singles: set[str] = set()
+    words: set[str] = set()
+    run: list[str] = []
+    opens = True  # whether the run opens a sentence (where any word is capitalised)
+    previous = "."
 
     def close() -> None:
         while run and run[-1] in _PARTICLES:
             run.pop()
-        while run and (run[0] in _LEADING_WORDS or run[0].lower() in common):
+        cut = max((i for i, w in enumerate(run) if w in _TITLES), default=-1)
+        del run[: cut + 1]
+        first = opens and cut < 0  # only a sentence's first word is capitalised for being first
+        while run and (run[0] in _LEADING_WORDS or (first and run[0].lower() in common)):
             run.pop(0)
+            first = False
         last = run[-1].split("-")[-1] if run else ""
-        if len(run) >= 2 and last not in _DEMONYMS and last not in _NOT_NAMES:
-            runs.append(" ".join(run))
+        if any(w in _CALENDAR for w in run):
+            pass
+        elif len(run) >= 2 and last not in _DEMONYMS and last not in _NOT_NAMES:
+            runs.append(tuple(run))
+        elif len(run) == 1 and last not in _DEMONYMS:
+            singles.add(run[0])
         run.clear()
 
     for token in _TOKEN.findall(_QUOTED.sub(" | ", text or "")):
         possessive = token.endswith(_POSSESSIVE)
         word = token.removesuffix("s").rstrip("'’") if token.endswith(("'s", "’s")) else token.rstrip("'’")
         if word[:1].isupper():
+            if not run:
+                opens = previous in _SENTENCE_OPENERS
             run.append(word)
             words.add(word)
         elif run and word in _PARTICLES:
@@ -327,8 +359,21 @@ def name_runs(text: str, common: frozenset[str] = frozenset()) -> tuple[list[str
             close()
         if possessive:
             close()
+        previous = token
     close()
-    return runs, words
+    return runs, singles, words
+
+
+def name_runs(text: str, common: frozenset[str] = frozenset()) -> tuple[list[str], set[str]]:
+    """The runs of two or more capitalised words in ``text`` (lower-case particles such as "van der" allowed
+    inside), and every capitalised word. A possessive ends a run and is dropped ("Okafor's books" -> "Okafor");
+    quoted titles are no part of a run, nor are opening question words, honorifics, ranks and imperatives
+    ("Follow"), an office and what comes before it ("US President Joe Biden" -> "Joe Biden"), or an opening word
+    whose lower-case form is in ``common`` (a sentence-initial "Her" or "Growing"); a run that ends in a
+    nationality ("South African"), an office ("Prime Minister") or an award, institution or series ("Caine
+    Prize"), or that holds a day, month or holiday ("Christmas Eve"), is none."""
+    runs, _, words = _runs(text, common)
+    return [" ".join(r) for r in runs], words
 
 
 def derive_concepts(
@@ -370,20 +415,148 @@ def derive_concepts(
     return kept[:max_concepts]
 
 
+#: Sources of records made from raw text (``records_from_text``, ``duet-plugin convert muse|wmdp``, the LLM builder).
+RAW_TEXT_SOURCES = frozenset({"text", "muse_text", "wmdp_corpus", "llm_questions"})
+TEXT_MIN_SHARE = 0.05  # a subject of raw forget text is in at least this share of the forget texts
+TEXT_MIN_LIFT = 4.0  # and this many times likelier there than in the retain texts
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A name found in raw forget text: in how many forget and retain texts, and how much likelier in forget."""
+
+    name: str
+    forget: int
+    retain: int
+    lift: float
+
+    def __str__(self) -> str:
+        return f"{self.name!r} ({self.forget} forget / {self.retain} retain texts, {self.lift:.1f}x)"
+
+
+def _name_index(texts: Sequence[str], common: frozenset[str]) -> tuple[dict, dict]:
+    """``{name: texts holding it as a run or the end of one}`` and ``{word: texts where it stands alone}``."""
+    by_name: dict[tuple[str, ...], set[int]] = defaultdict(set)
+    alone: dict[str, set[int]] = defaultdict(set)
+    for i, text in enumerate(texts):
+        runs, singles, _ = _runs(text, common)
+        for run in runs:
+            for k in range(len(run) - 1):  # "Washington Joe Biden" (a byline before the story) holds "Joe Biden"
+                if run[k][:1].isupper():
+                    by_name[run[k:]].add(i)
+        for word in singles:
+            alone[word].add(i)
+    return by_name, alone
+
+
+def rank_text_candidates(forget_texts: Iterable[str], retain_texts: Iterable[str] = ()) -> list[Candidate]:
+    """The names in raw forget text, most frequent first, each counted against the retain text.
+
+    Names are :func:`name_runs` and their endings ("Washington Joe Biden" holds "Joe Biden"); of the forms that end
+    in one word the most frequent is the name (the longer of two nearly equal forms), and it also counts the texts
+    where that word stands alone ("Mr Biden's"). ``lift`` is the name's share of forget texts over its share of
+    retain texts, add-one smoothed (with no retain text it is at most 1).
+    """
+    forget_texts, retain_texts = list(forget_texts), list(retain_texts)
+    common = frozenset(w for t in (*forget_texts, *retain_texts) for w in _TOKEN.findall(t or "") if w.islower())
+    f_names, f_alone = _name_index(forget_texts, common)
+    r_names, r_alone = _name_index(retain_texts, common)
+    # The name of each last word: its most frequent form, or a longer form nearly as frequent.
+    by_last: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for name in f_names:
+        by_last[name[-1]].append(name)
+    head = {}
+    for last, forms in by_last.items():
+        best = max(forms, key=lambda n: (len(f_names[n]), len(n)))
+        longer = [n for n in forms if len(n) > len(best) and n[-len(best) :] == best]
+        longer = [n for n in longer if len(f_names[n]) * 2 >= len(f_names[best])]
+        head[last] = max(longer, key=lambda n: (len(f_names[n]), len(n)), default=best)
+    n_f, n_r = max(len(forget_texts), 1), len(retain_texts)
+    out = []
+    for name, texts in f_names.items():
+        h = head[name[-1]]
+        is_head = h == name
+        if not is_head and (h[-len(name) :] == name or name[-len(h) :] == h):
+            continue  # another form of the head: "President Joe Biden", "Washington Joe Biden"
+        forget = len(texts | f_alone.get(name[-1], set())) if is_head else len(texts)
+        retain = len(r_names.get(name, set()) | (r_alone.get(name[-1], set()) if is_head else set()))
+        lift = (forget / n_f) / ((retain + 1) / (n_r + 1))
+        out.append(Candidate(" ".join(name), forget, retain, lift))
+    # Of two other forms, one the end of the other, the more frequent one.
+    out.sort(key=lambda c: (-c.forget, -c.lift, c.name))
+    kept: list[Candidate] = []
+    for c in out:
+        if not any(c.name.endswith(" " + k.name) or k.name.endswith(" " + c.name) for k in kept):
+            kept.append(c)
+    return kept
+
+
+def derive_text_concepts(
+    forget_texts: Iterable[str],
+    retain_texts: Iterable[str] = (),
+    min_count: int = 3,
+    min_share: float = TEXT_MIN_SHARE,
+    min_lift: float = TEXT_MIN_LIFT,
+    max_concepts: int = 5,
+) -> tuple[list[str], list[Candidate]]:
+    """The few subjects of raw forget text (news, a corpus), and the ranked candidates they were chosen from.
+
+    A subject is a name (:func:`rank_text_candidates`) in at least ``min_count`` and ``min_share`` of the forget
+    texts and at least ``min_lift`` times likelier there than in the retain texts: the people and events the forget
+    stories are about, not the places, offices, dates and bylines that all news repeats ("Home Office",
+    "Washington DC", "Christmas Eve"). At most ``max_concepts``, most frequent first; none when no name stands out
+    (forget and retain drawn from the same news, as MUSE-News's are, or no retain text to compare with).
+    """
+    forget_texts = list(forget_texts)
+    candidates = rank_text_candidates(forget_texts, retain_texts)
+    n = max(len(forget_texts), 1)
+    salient = [c for c in candidates if c.forget >= min_count and c.forget / n >= min_share and c.lift >= min_lift]
+    return [c.name for c in salient[:max_concepts]], candidates
+
+
 def concepts_from_records(forget: Iterable[Any], retain: Iterable[Any] = ()) -> list[str]:
     """What the teacher is told to forget, from unified records (objects or dicts with ``prompt``, ``response``,
-    ``concept``): the forget records' ``concept`` tags when they have any, else :func:`derive_concepts` over the
-    questions and answers of all the forget records against the retain records'."""
+    ``concept``, ``source``): the forget records' ``concept`` tags when they have any; else, for records made
+    from raw text (:data:`RAW_TEXT_SOURCES`, most of the forget records), :func:`derive_text_concepts` over the
+    text they were made from, raising an :class:`OptionError` for ``prefix.concepts`` that shows the top
+    candidates when no subject stands out; else (question/answer data such as TOFU) :func:`derive_concepts` over
+    the questions and answers."""
 
     def get(record: Any, key: str) -> Any:
         return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
 
-    forget = list(forget)
+    forget, retain = list(forget), list(retain)
     tagged = sorted({get(r, "concept") for r in forget if get(r, "concept")})
     if tagged:
         return tagged
 
     def texts(records: Iterable[Any]) -> list[str]:
-        return [f"{get(r, 'prompt')} {get(r, 'response') or ''}" for r in records]
+        return [_record_text(get(r, "prompt"), get(r, "response")) for r in records]
 
-    return derive_concepts(texts(forget), texts(retain))
+    if sum(get(r, "source") in RAW_TEXT_SOURCES for r in forget) * 2 <= len(forget):
+        return derive_concepts(texts(forget), texts(retain))
+    concepts, candidates = derive_text_concepts(texts(forget), texts(retain))
+    if concepts:
+        return concepts
+    top = "; ".join(str(c) for c in candidates[:8]) or "none"
+    why = "there is no retain text to compare with" if not retain else "no name stands out against the retain text"
+    raise OptionError(
+        "prefix.concepts",
+        f"is not set and cannot be derived: the forget data is raw text ({len(forget)} records) and {why} (a "
+        f"subject is a name in at least {TEXT_MIN_SHARE:.0%} of the forget texts and {TEXT_MIN_LIFT:g}x likelier "
+        "there than in the retain texts). Set it to what the teacher should forget, a list such as "
+        f'\'["Joe Biden","Storm Ciarán"]\' (quoted like this on the command line). Top candidates: {top}.',
+    )
+
+
+def _record_text(prompt: str | None, response: str | None) -> str:
+    """The text a query record was made from: a template query (``Continue the following text: ...``, ``Fill in
+    the blank: ...``) put back together, else the prompt and the response."""
+    prompt, response = prompt or "", response or ""
+    continuation = CONTINUATION_PROMPT.split("{")[0]
+    cloze = CLOZE_PROMPT.split("{")[0]
+    if prompt.startswith(continuation):
+        return f"{prompt[len(continuation) :]} {response}".strip()
+    if prompt.startswith(cloze) and BLANK in prompt:
+        return prompt[len(cloze) :].replace(BLANK, response, 1)
+    return f"{prompt} {response}".strip()
