@@ -379,8 +379,9 @@ class Bench:
         for forget_ids, retain_ids, extra_ids in self.plan:
             if method.batch == "pairs":
                 ds = t.train_dataset  # DUET/BiDistill hold it converted to unified records, same order
+                streams = getattr(ds, "streams", None) or {"forget": ds.forget, "retain": ds.retain}
                 items = [
-                    {"forget": ds.streams["forget"][f], "retain": ds.streams["retain"][r]}
+                    {"forget": streams["forget"][f], "retain": streams["retain"][r]}
                     for f, r in zip(forget_ids, retain_ids, strict=True)
                 ]
             elif method.batch == "flat":
