@@ -1,4 +1,5 @@
-"""``duet-plugin report``: one table and two plots from the evaluation outputs of several runs.
+"""``duet-plugin report``: one table and two plots from the evaluation outputs of several runs (and a third,
+``relearn_curves.png``, when a relearning attack was measured at several steps: ``eval_at_steps``).
 
 Each run folder is searched (itself and its direct subfolders; ``checkpoint-*`` folders, i.e. OU's in-training
 evaluations, are skipped) for OU's ``TOFU_SUMMARY.json`` / ``MUSE_SUMMARY.json`` / ``LMEval_SUMMARY.json``. Several
@@ -142,7 +143,7 @@ def _setting(folder: Path, benchmark: str) -> str | None:
 
 def _attack_details(entry: Mapping[str, Any]) -> dict[str, Any]:
     """What the report keeps of an attack metric's EVAL entry (not the per-example logs)."""
-    keep = ("agg_value", "worst_of", "worst_variant", "unattacked", "value_by_attack", "recovery")
+    keep = ("agg_value", "worst_of", "worst_variant", "unattacked", "value_by_attack", "recovery", "curve", "reference")
     return {k: entry[k] for k in keep if k in entry}
 
 
@@ -709,22 +710,83 @@ def robustness_bars_by_attack(
     return [(a, [bars.get(a, (None, None, None)) for bars in per_run]) for a in names]
 
 
+def relearn_curves(runs: Sequence[Run]) -> list[tuple[str, str, str, dict[str, Any], dict[str, Any] | None]]:
+    """(run label, attack, metric, curve by lr, reference curve by lr) of every relearning attack measured at more
+    than one step (``eval_at_steps``), for the metric its worst case is taken over."""
+    found = []
+    for run in runs:
+        for name, d in run.attacks.items():
+            key = d.get("worst_of")
+            by_lr = (d.get("curve") or {}).get(key) or {}
+            if any(len(c.get("steps") or []) > 1 for c in by_lr.values()):
+                reference = ((d.get("reference") or {}).get("curve") or {}).get(key)
+                found.append((run.label, name, key, by_lr, reference))
+    return found
+
+
+def relearn_curve_figure(runs: Sequence[Run]) -> Any:
+    """One panel per run and relearning attack: the metric after each number of relearning steps, a line per
+    learning rate (mean over seeds, min-max band), and the retain-only reference's mean dashed where given."""
+    plt = _pyplot()
+    curves = relearn_curves(runs)
+    cols = min(2, len(curves)) or 1
+    rows = math.ceil(len(curves) / cols) or 1
+    fig, grid = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.8 * rows), squeeze=False, dpi=DPI)
+    for ax, (label, name, key, by_lr, reference) in zip(grid.flat, curves, strict=False):
+        for i, (lr, c) in enumerate(by_lr.items()):
+            color = f"C{i}"
+            points = [(s, m) for s, m in zip(c["steps"], c["mean"], strict=True) if m is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", ms=3, color=color, label=lr)
+            band = [(s, lo, hi) for s, lo, hi in zip(c["steps"], c["min"], c["max"], strict=True) if lo is not None]
+            if band:
+                steps, lows, highs = zip(*band, strict=True)
+                ax.fill_between(steps, lows, highs, color=color, alpha=0.15, lw=0)
+            ref = (reference or {}).get(lr)
+            if ref:
+                ref_points = [(s, m) for s, m in zip(c["steps"], ref, strict=False) if m is not None]
+                if ref_points:
+                    ax.plot(*zip(*ref_points, strict=True), ls="--", color=color, lw=1, label=f"{lr} retain-only")
+        ax.set_title(f"{label}: {name}", fontsize=10)
+        ax.set_xlabel("relearning steps", fontsize=9)
+        ax.set_ylabel(key or "value", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(grid.flat)[len(curves) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_relearn_curves(runs: Sequence[Run], path: Path) -> None:
+    plt = _pyplot()
+    fig = relearn_curve_figure(runs)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 # -- entry point ---------------------------------------------------------------------------------------------
 
 OUTPUTS = ("results.md", "results.csv", "pareto.png", "robustness.png")
+#: Written besides OUTPUTS when a run has a relearning attack measured at several steps.
+CURVES_OUTPUT = "relearn_curves.png"
 
 
 def write_report(runs: Sequence[Run], out_dir: Path, axes: Axes | None = None, overwrite: bool = False) -> list[Path]:
     """Write the four outputs into ``out_dir``; refuses (before writing anything) to replace existing ones unless
     ``overwrite``."""
     paths = [out_dir / name for name in OUTPUTS]
+    if relearn_curves(runs):
+        paths.append(out_dir / CURVES_OUTPUT)
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(map(str, existing))} exist; pass --overwrite to replace them.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, table, pareto, robust = paths
+    md, table, pareto, robust = paths[:4]
     md.write_text(render_markdown(runs, axes))
     table.write_text(render_csv(runs, axes))
     plot_pareto(runs, pareto, axes)
     plot_robustness(runs, robust, axes.x if axes is not None else None)
+    if len(paths) > 4:
+        plot_relearn_curves(runs, paths[4])
     return paths

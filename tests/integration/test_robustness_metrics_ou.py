@@ -1,5 +1,5 @@
-"""relearn_attack, prompt_attack, prefill_attack and performance_shift inside OU: in-process on a tiny model whose
-knowledge is under our control (bit-identical afterwards), and the whole robustness suite through OU's eval.py."""
+"""prompt_attack, prefill_attack and performance_shift inside OU: in-process on a tiny model (bit-identical
+afterwards), and the whole robustness suite through OU's eval.py. relearn_attack's own tests: test_relearn_ou.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides
@@ -41,75 +40,6 @@ def facts(tmp_path_factory):
     indexed = copy.deepcopy(collate)
     indexed["DataCollatorForSupervisedDataset"]["args"]["index"] = "index"
     return datasets, OmegaConf.create(collate), OmegaConf.create(indexed)
-
-
-def _batch(facts, tokenizer):
-    from data import get_collators, get_datasets
-
-    data = get_datasets(facts[0], tokenizer=tokenizer, template_args=MANUAL)
-    collator = get_collators(facts[1], tokenizer=tokenizer)
-    return collator([data[i] for i in range(len(data))])
-
-
-def _train(model, batch, steps: int, lr: float, sign: float):
-    model = copy.deepcopy(model).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        (sign * model(**batch).loss).backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def learnt_then_unlearnt(ou_imported, tiny_model, tokenizer, facts):
-    """The tiny model taught the four facts, then made to forget them by gradient ascent (a method we control)."""
-    batch = _batch(facts, tokenizer)
-    original = _train(tiny_model, batch, 80, lr=1e-2, sign=1.0)
-    unlearned = _train(original, batch, 4, lr=1e-2, sign=-1.0)
-    return original, unlearned
-
-
-def _prob_child(facts) -> tuple[object, object]:
-    from evals.metrics import METRICS_REGISTRY
-
-    cfg = OmegaConf.create({"datasets": facts[0], "collators": facts[2], "batch_size": 4})
-    return METRICS_REGISTRY["probability"], cfg
-
-
-def test_relearn_attack_brings_the_forgotten_facts_back(digest, learnt_then_unlearnt, tokenizer, facts, tmp_path):
-    from duet_plugin.openunlearning.metrics.relearn import relearn_attack
-
-    original, unlearned = learnt_then_unlearnt
-    prob, cfg = _prob_child(facts)
-    relearn_attack.set_pre_compute_metrics({"fact_prob": prob})
-    shared = {"tokenizer": tokenizer, "template_args": MANUAL}
-    p_original = prob.evaluate(original, "fact_prob", cache={}, **shared, **cfg)["agg_value"]
-    logs = tmp_path / "TOFU_EVAL.json"
-    logs.write_text(json.dumps({"fact_prob": {"agg_value": float(p_original)}}))
-    before = digest(unlearned)
-    options = {"datasets": facts[0], "collators": facts[1], "batch_size": 4, "steps": 6}
-    out = relearn_attack.evaluate(
-        unlearned, "relearn_attack", {}, pre_compute={"fact_prob": cfg}, learning_rates=[1e-5, 1e-2],
-        original_logs_path=str(logs), **options, **shared,
-    )  # fmt: skip
-    assert digest(unlearned) == before
-    assert p_original > 0.9 and out["unattacked"]["fact_prob"] < 0.05  # learnt, then forgotten
-    after = out["value_by_attack"]
-    assert after["lr0.01"]["fact_prob"] > 0.5 > after["lr1e-05"]["fact_prob"]  # a big enough step brings it back
-    assert out["agg_value"] == after["lr0.01"]["fact_prob"] and out["worst_variant"] == "lr0.01"
-    expected = (after["lr0.01"]["fact_prob"] - out["unattacked"]["fact_prob"]) / (
-        p_original - out["unattacked"]["fact_prob"]
-    )
-    assert out["recovery"] == pytest.approx(expected) and out["recovery"] > 0.5
-    assert out["attack_info"]["lr0.01"] == {"lr": 0.01, "steps": 6, "batch_size": 4, "examples": 4}
-    with pytest.raises(ValueError, match="no relearn split"):
-        relearn_attack.evaluate(unlearned, "r", {}, pre_compute={"fact_prob": cfg}, **shared)
-    with pytest.raises(ValueError, match=r"original_logs_path=.* is not a file"):
-        relearn_attack.evaluate(
-            unlearned, "r", {}, pre_compute={"fact_prob": cfg}, original_logs_path=str(tmp_path / "no.json"),
-            **options, **shared,
-        )  # fmt: skip
 
 
 def _seen_metric(name: str, tokenizer, score):
