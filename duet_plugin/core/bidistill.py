@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from duet_plugin.core.distributed import mean_over_ranks
 from duet_plugin.core.losses import BIDIRECTIONAL_DISTANCES, directed_loss, validate_distance, validate_top_k
 from duet_plugin.core.options import OptionError, one_of, option, positive_int
 from duet_plugin.core.teacher_targets import (
@@ -47,6 +48,9 @@ DIRECTIONS = ("pull", "push")
 #: What the student is aligned with after a prefill: the steered teacher's response start (``restart``: the teacher
 #: sees the bare question) or the teacher continuing the same forced start (``continue``).
 PREFILL_TARGETS = ("restart", "continue")
+BALANCES = ("start", "none")
+#: A term smaller than this at the first step is left unscaled (dividing by it would blow it up).
+MIN_SCALE = 1e-6
 
 
 def default_stream_weights() -> dict[str, dict[str, float]]:
@@ -102,6 +106,14 @@ class BiDistillConfig(SteeredTeacherConfig):
         "push: 0}, boundary: {pull: 1, push: 0}, adversarial: {pull: 1, push: 1}}.",
         factory=default_stream_weights,
     )
+    balance: str = option(
+        "start",
+        help="How the (stream, direction) terms are put on one scale before the weights apply. start: each is "
+        "divided by its own value at the first step (mean over processes, logged as bidistill/scale_<term>), so a "
+        "weight is the term's share of the objective at the start, whatever the term's natural size (with a "
+        "raw-logit distance a real vocabulary makes the prefilled adversarial pull 20-40x the others) | none: the "
+        "raw weighted sum.",
+    )
     prefill_target: str = option(
         "restart",
         help="After a prefill, align the student with the steered teacher's response start (restart: the teacher "
@@ -128,6 +140,7 @@ class BiDistillConfig(SteeredTeacherConfig):
             if getattr(self, name) <= 0:
                 raise OptionError(name, f"must be positive, got {getattr(self, name)!r}.")
         one_of("prefill_target", self.prefill_target, PREFILL_TARGETS)
+        one_of("balance", self.balance, BALANCES)
         self.stream_weights = parse_stream_weights(self.stream_weights)
 
     @property
@@ -155,9 +168,26 @@ class BiDistillConfig(SteeredTeacherConfig):
         return scale * self.stream_weights.get(stream, {}).get(direction, 0.0)
 
     def as_duet(self) -> BiDistillConfig:
-        """The DUET ablation of this config: pull only (forget and retain, weight 1), Huber distance."""
+        """The DUET ablation of this config: pull only (forget and retain, weight 1), Huber distance, raw sum."""
         weights = {s: {"pull": 1.0 if s in ("forget", "retain") else 0.0, "push": 0.0} for s in STREAMS}
-        return dataclasses.replace(self, distance="huber", w_push=0.0, stream_weights=weights)
+        return dataclasses.replace(self, distance="huber", w_push=0.0, stream_weights=weights, balance="none")
+
+
+class TermScales:
+    """``balance: start``: each term's value at the first step it appears (mean over processes), which the
+    objective divides it by from then on. Kept by the trainer for the whole run; every process must call
+    :meth:`of` with the same terms at the same step (they do: the terms follow the weights, not the data)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def of(self, terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        new = [k for k in terms if k not in self.values]
+        if new:
+            firsts = mean_over_ranks(torch.stack([terms[k].detach().float() for k in new]))
+            for key, value in zip(new, firsts.tolist(), strict=True):
+                self.values[key] = value if value > MIN_SCALE else 1.0
+        return {k: self.values[k] for k in terms}
 
 
 def bidistill_loss(
@@ -170,13 +200,16 @@ def bidistill_loss(
     teacher: Any = None,
     store: TeacherTargetStore | None = None,
     prefix_caches: PrefixCaches | None = None,
+    scales: TermScales | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted sum over streams and directions. Targets come from ``teacher`` (online: full vocabulary) or
-    ``store`` (precomputed K'). Returns the loss and each ``<stream>_<direction>`` term (unweighted) for logging."""
+    """The weighted sum over streams and directions, each term divided by its first value in ``scales`` when
+    ``balance`` is ``start`` (a fresh :class:`TermScales` when none is given). Targets come from ``teacher``
+    (online: full vocabulary) or ``store`` (precomputed K'). Returns the loss and each ``<stream>_<direction>``
+    term (unweighted, unscaled) for logging, with ``scale_<term>`` where balanced."""
     if (teacher is None) == (store is None):
         raise ValueError("Give exactly one of `teacher` (online) or `store` (precomputed targets).")
     target = cfg.target_config(vocab_size)
-    loss, parts = None, {}
+    terms: dict[str, tuple[float, torch.Tensor]] = {}
     for stream, batch in streams.items():
         weights = {d: cfg.weight(stream, d) for d in DIRECTIONS}
         if not any(weights.values()):
@@ -191,8 +224,13 @@ def bidistill_loss(
                 continue
             k = cfg.top_k if direction == "pull" else cfg.push_top_k
             term = directed_loss(at, targets, direction, k, cfg.distance, cfg.huber_delta, cfg.bild_temperature)
-            parts[f"{stream}_{direction}"] = term.detach().item()
-            loss = w * term if loss is None else loss + w * term
-    if loss is None:
+            terms[f"{stream}_{direction}"] = (w, term)
+    if not terms:
         raise ValueError(f"No stream with a non-zero weight in the batch (streams: {sorted(streams)}).")
+    parts = {key: term.detach().item() for key, (_, term) in terms.items()}
+    divide = {key: 1.0 for key in terms}
+    if cfg.balance == "start":
+        divide = (scales or TermScales()).of({key: term for key, (_, term) in terms.items()})
+        parts.update({f"scale_{key}": value for key, value in divide.items()})
+    loss = sum(w * term / divide[key] for key, (w, term) in terms.items())
     return loss, parts

@@ -50,6 +50,17 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` averaged over the processes (a collective: every rank calls it at the same point), itself with
+    one process."""
+    _, size = world()
+    if size == 1:
+        return values
+    out = values.clone()
+    dist.all_reduce(out)
+    return out / size
+
+
 def is_zero3_partitioned(models: Any | Iterable[Any]) -> bool:
     """Whether any of ``models`` holds DeepSpeed ZeRO-3 partitioned parameters (they carry a ``ds_id``): then every
     forward is a collective and generation must run with ``synced_gpus=True``."""

@@ -36,11 +36,22 @@ CASES = {
         },
     ),
     "duet_lora_precomputed": ("DUET", {"top_k": 6, "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}),
-    "bidistill_precomputed": ("BiDistill", {"top_k": 5, "store_top_k": 64}),
-    "bidistill_online_bild": ("BiDistill", {"top_k": 4, "push_top_k": 3, "teacher_mode": "online", "distance": "bild"}),
+    # pinned before `balance` existed: the raw weighted sum (balance: start divides each term by its first value,
+    # tests/unit/test_bidistill_core.py)
+    "bidistill_precomputed": ("BiDistill", {"top_k": 5, "store_top_k": 64, "balance": "none"}),
+    "bidistill_online_bild": (
+        "BiDistill",
+        {"top_k": 4, "push_top_k": 3, "teacher_mode": "online", "distance": "bild", "balance": "none"},
+    ),
     "bidistill_precomputed_continue_first_n": (
         "BiDistill",
-        {"prefill_target": "continue", "positions": "first_n", "num_positions": 2, "store_top_k": None},
+        {
+            "prefill_target": "continue",
+            "positions": "first_n",
+            "num_positions": 2,
+            "store_top_k": None,
+            "balance": "none",
+        },
     ),
     "undo_full_kl": ("UNDO", {"alpha": 0.3, "beta": 0.1}),
     "undo_topk_all": ("UNDO", {"alpha": 0.5, "top_k": 5, "tokens": "all", "temperature": 2.0}),

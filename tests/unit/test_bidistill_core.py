@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss, parse_stream_weights
+from duet_plugin.core.bidistill import BiDistillConfig, TermScales, bidistill_loss, parse_stream_weights
 from duet_plugin.core.collate import TeacherStudentCollator
 from duet_plugin.core.duet import DUETConfig, duet_loss
 from duet_plugin.core.teacher_targets import precompute_targets
@@ -107,8 +107,10 @@ def test_duet_ablation_is_duets_loss(student, tiny_model, collator, streams, tok
 def test_precomputed_full_vocabulary_equals_online(
     student, tiny_model, collator, streams, tokenizer, distance, positions
 ):
-    cfg = BiDistillConfig(distance=distance, positions=positions, num_positions=3, store_top_k=None)
-    online_cfg = BiDistillConfig(distance=distance, positions=positions, num_positions=3, teacher_mode="online")
+    cfg = BiDistillConfig(distance=distance, positions=positions, num_positions=3, store_top_k=None, balance="none")
+    online_cfg = BiDistillConfig(
+        distance=distance, positions=positions, num_positions=3, teacher_mode="online", balance="none"
+    )
     batches = _batches(collator, streams)
     store = precompute_targets(
         tiny_model, streams, collator, cfg.target_config(len(tokenizer)), collator.pad_id, [tokenizer.eos_token_id]
@@ -139,21 +141,56 @@ def test_a_small_store_approximates_the_push_term_from_above(student, tiny_model
 
 def test_stream_and_direction_weights_scale_exactly_their_term(student, tiny_model, collator, streams, tokenizer):
     batches = _batches(collator, streams)
-    base_cfg = BiDistillConfig(teacher_mode="online")
+    base_cfg = BiDistillConfig(teacher_mode="online", balance="none")
     base, parts = _loss(student, tiny_model, collator, batches, base_cfg, tokenizer)
-    heavier = BiDistillConfig(teacher_mode="online", stream_weights={"adversarial": {"push": 3.0}})
+    heavier = BiDistillConfig(teacher_mode="online", balance="none", stream_weights={"adversarial": {"push": 3.0}})
     more, _ = _loss(student, tiny_model, collator, batches, heavier, tokenizer)
     assert float((more - base).detach()) == pytest.approx(2.0 * parts["adversarial_push"], rel=1e-5)
-    no_boundary = BiDistillConfig(teacher_mode="online", stream_weights={"boundary": {"pull": 0.0}})
+    no_boundary = BiDistillConfig(teacher_mode="online", balance="none", stream_weights={"boundary": {"pull": 0.0}})
     less, less_parts = _loss(student, tiny_model, collator, batches, no_boundary, tokenizer)
     assert "boundary_pull" not in less_parts and float((base - less).detach()) == pytest.approx(
         parts["boundary_pull"], rel=1e-5
     )
-    only_push = BiDistillConfig(teacher_mode="online", w_pull=0.0)
+    only_push = BiDistillConfig(teacher_mode="online", balance="none", w_pull=0.0)
     assert all(k.endswith("_push") for k in _loss(student, tiny_model, collator, batches, only_push, tokenizer)[1])
-    nothing = BiDistillConfig(teacher_mode="online", w_pull=0.0, w_push=0.0)
+    nothing = BiDistillConfig(teacher_mode="online", balance="none", w_pull=0.0, w_push=0.0)
     with pytest.raises(ValueError, match="No stream with a non-zero weight"):
         _loss(student, tiny_model, collator, batches, nothing, tokenizer)
+
+
+def test_balance_start_divides_each_term_by_its_first_value(student, tiny_model, collator, streams, tokenizer):
+    """At the first step every balanced term is 1 (so the loss is the sum of the weights); later the same
+    (stream, direction) keeps its first value as divisor, whatever its natural size."""
+    batches = _batches(collator, streams)
+    weights = {"adversarial": {"push": 3.0}, "boundary": {"pull": 0.5}}
+    raw_cfg = BiDistillConfig(teacher_mode="online", stream_weights=weights, balance="none")
+    cfg = BiDistillConfig(teacher_mode="online", stream_weights=weights)
+    assert cfg.balance == "start"
+    _, first = _loss(student, tiny_model, collator, batches, raw_cfg, tokenizer)
+    assert max(first.values()) > 3 * min(first.values())  # terms of different sizes: what balancing is for
+    scales = TermScales()
+    loss, parts = _loss(student, tiny_model, collator, batches, cfg, tokenizer, scales=scales)
+    total_weight = sum(cfg.weight(s, d) for s, d in (k.rsplit("_", 1) for k in first))
+    assert float(loss) == pytest.approx(total_weight, rel=1e-5)
+    assert {k: parts[f"scale_{k}"] for k in first} == pytest.approx(first, rel=1e-6)
+    moved = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + 1)))
+    _, raw = _loss(moved, tiny_model, collator, batches, raw_cfg, tokenizer)
+    later, later_parts = _loss(moved, tiny_model, collator, batches, cfg, tokenizer, scales=scales)
+    expected = sum(cfg.weight(*k.rsplit("_", 1)) * raw[k] / first[k] for k in first)
+    assert float(later) == pytest.approx(expected, rel=1e-5)
+    assert later_parts["scale_adversarial_pull"] == pytest.approx(first["adversarial_pull"], rel=1e-6)
+
+
+def test_a_term_that_starts_at_zero_is_left_unscaled() -> None:
+    scales = TermScales()
+    assert scales.of({"a": torch.tensor(0.0), "b": torch.tensor(4.0)}) == {"a": 1.0, "b": 4.0}
+    assert scales.of({"b": torch.tensor(1.0)}) == {"b": 4.0}  # kept from the first step
+    assert BiDistillConfig().as_duet().balance == "none"
+    with pytest.raises(ValueError, match="balance"):
+        BiDistillConfig(balance="running")
 
 
 def test_training_on_the_push_term_lowers_what_the_teacher_does_not_rank(tiny_model, collator, streams, tokenizer):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss
+from duet_plugin.core.bidistill import BiDistillConfig, TermScales, bidistill_loss
 from duet_plugin.openunlearning.trainers.steered import SteeredTeacherTrainer
 
 
@@ -20,6 +20,10 @@ class BiDistill(SteeredTeacherTrainer):
 
     config_class = BiDistillConfig
     log_prefix = "bidistill"
+
+    def setup(self) -> None:
+        super().setup()
+        self.term_scales = TermScales()  # balance: start (each term's first value, for the whole run)
 
     def compute_loss(
         self,
@@ -31,6 +35,8 @@ class BiDistill(SteeredTeacherTrainer):
     ) -> Any:
         streams, teacher = self.streams(inputs), self.teacher_source(model)
         pad_id = self.data_collator.pad_id
-        loss, parts = bidistill_loss(model, streams, self.cfg, self.vocab_size, pad_id, self.eos_ids, **teacher)
+        loss, parts = bidistill_loss(
+            model, streams, self.cfg, self.vocab_size, pad_id, self.eos_ids, **teacher, scales=self.term_scales
+        )
         self.log_terms(parts)
         return (loss, None) if return_outputs else loss

@@ -157,12 +157,13 @@ class SteeredTeacherTrainer(DistillationTrainer):
         models = [own if t.path is None else next(loaded) for t in specs]
         return as_teacher(models, [t.weight for t in specs], self.teacher_views)
 
-    def precompute_targets(self, model: Any = None) -> TeacherTargetStore:
-        """Teacher targets for the queries training reads (:meth:`used_queries`), from the starting weights, once
-        (with LoRA: from the base with the adapters disabled, which at ``train()`` start equals the adapted model,
-        B = 0). With several processes each rank computes its share and every rank receives the whole store."""
+    def precompute_targets(self, model: Any = None, every_query: bool = False) -> TeacherTargetStore:
+        """Teacher targets for the queries training reads (:meth:`used_queries`; ``every_query``: all of them, for
+        callers that draw their own batches), from the starting weights, once (with LoRA: from the base with the
+        adapters disabled, which at ``train()`` start equals the adapted model, B = 0). With several processes each
+        rank computes its share and every rank receives the whole store."""
         streams = stream_datasets(self.train_dataset)
-        used = self.used_queries()
+        used = None if every_query else self.used_queries()
         start = time.perf_counter()
         store = precompute_targets(
             self.teacher(online=False, model=model),
