@@ -224,13 +224,17 @@ def test_muse_robustness_suite_through_ou_eval(run_ou, workspace) -> None:
             "eval.muse.metrics.relearn_attack.steps=2",
             "eval.muse.metrics.relearn_attack.learning_rates=[1e-3]",
             "eval.muse.metrics.quantization_attack.bits=[4]",
+            "eval.muse.metrics.prompt_attack.families=[prefix_injection,role_play]",
         ],
     )
     logs = json.loads((out / "MUSE_EVAL.json").read_text())
     summary = json.loads((out / "MUSE_SUMMARY.json").read_text())
     expected = {
         "relearn_attack": ({"lr0.001"}, {"forget_knowmem_ROUGE", "forget_verbmem_ROUGE"}),
-        "prompt_attack": ({"reverse_prompt", "role_play", "prefix_injection", "few_shot"}, {"forget_knowmem_ROUGE"}),
+        "prompt_attack": (
+            {"reverse_prompt", "prefix_injection_audit", "role_play", "role_play_biographer"},
+            {"forget_knowmem_ROUGE"},
+        ),
         "prefill_attack": ({"k2", "k4"}, {"forget_knowmem_ROUGE"}),
         "quantization_attack": ({"int4"}, {"forget_knowmem_ROUGE", "forget_verbmem_ROUGE"}),
     }
