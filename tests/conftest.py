@@ -12,11 +12,19 @@ from duet_plugin.demo.fictitious_authors import build_dataset
 from duet_plugin.demo.tiny_llama import build_tiny_llama, build_tokenizer
 
 
+@pytest.fixture(scope="session")
+def _torch_extensions(tmp_path_factory):
+    """One build folder for torch's C++ extensions for the whole session (DeepSpeed's CPU ops take a minute to
+    build; under each test's private cache they would be built again for every ZeRO-3 run)."""
+    return tmp_path_factory.mktemp("torch_extensions")
+
+
 @pytest.fixture(autouse=True)
-def _private_plugin_config(tmp_path_factory, monkeypatch) -> None:
+def _private_plugin_config(tmp_path_factory, monkeypatch, _torch_extensions) -> None:
     config = tmp_path_factory.mktemp("duet-plugin-config") / "config.json"
     monkeypatch.setenv("DUET_PLUGIN_CONFIG", str(config))
     monkeypatch.setenv("XDG_CACHE_HOME", str(config.parent / "cache"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(_torch_extensions))
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,14 @@ fraction of the teacher's. The OU trainer (``duet_plugin.openunlearning.trainers
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from duet_plugin.core.distributed import is_zero3_partitioned
 from duet_plugin.core.ensemble import TeacherSpec, parse_teachers
 from duet_plugin.core.lora import LoRAConfig
 from duet_plugin.core.losses import forward_kl_loss, select_topk, topk_distillation_loss
@@ -173,3 +175,44 @@ def recovery_gap(student_nll: float, teacher_nll: float) -> float:
 def recovered(gap: float, recovery: float) -> bool:
     """True when the gap is within ``1 - recovery`` (95% recovery = a retain loss at most 5% above the teacher's)."""
     return gap <= 1.0 - recovery + 1e-12
+
+
+def _full_shape(tensor: torch.Tensor) -> torch.Size:
+    """A tensor's shape; a DeepSpeed ZeRO-3 partitioned parameter's whole shape."""
+    return tensor.ds_shape if hasattr(tensor, "ds_id") else tensor.shape
+
+
+@torch.no_grad()
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """``target.load_state_dict(source.state_dict())`` (strict; ``RuntimeError`` when they do not fit), also for a
+    DeepSpeed ZeRO-3 partitioned ``source`` (UNDO's teacher under ``zero3_init_flag``) into a whole ``target``.
+
+    A partitioned source is gathered one parameter at a time, by one blocking all-gather each. DeepSpeed's gather
+    of several parameters at once (``GatheredParameters`` over a list: ``_allgather_params_coalesced``) starts one
+    asynchronous all-gather per parameter and waits for the last only; on gloo (CPU processes) the others can still
+    be in flight when it returns, so some gathered weights are garbage, on some ranks, in some runs (a few percent of
+    gathers of the test's 20-parameter model).
+    """
+    if not is_zero3_partitioned(source):
+        target.load_state_dict(source.state_dict())
+        return
+    import deepspeed
+
+    src, dst = source.state_dict(keep_vars=True), target.state_dict(keep_vars=True)
+    errors = []
+    if dst.keys() - src.keys():
+        errors.append(f"Missing key(s): {sorted(dst.keys() - src.keys())}")
+    if src.keys() - dst.keys():
+        errors.append(f"Unexpected key(s): {sorted(src.keys() - dst.keys())}")
+    errors += [
+        f"size mismatch for {name}: {tuple(_full_shape(src[name]))} in the source, {tuple(tensor.shape)} in the target"
+        for name, tensor in dst.items()
+        if name in src and _full_shape(src[name]) != tensor.shape
+    ]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    for name, tensor in dst.items():
+        value = src[name]
+        gathered = deepspeed.zero.GatheredParameters([value]) if hasattr(value, "ds_id") else contextlib.nullcontext()
+        with gathered:
+            tensor.copy_(value.detach())

@@ -10,7 +10,6 @@ adapters train over the frozen noised base (docs/training.md has what that recov
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,10 +19,9 @@ from torch.utils.data import ConcatDataset, DataLoader
 from transformers import TrainerCallback
 
 from duet_plugin.core.collate import to_device
-from duet_plugin.core.distributed import is_zero3_partitioned
 from duet_plugin.core.ensemble import as_teacher, check_checkpoint
 from duet_plugin.core.noise import shrink_and_perturb
-from duet_plugin.core.undo import UNDOConfig, distill_mask, label_nll, recovered, recovery_gap, undo_loss
+from duet_plugin.core.undo import UNDOConfig, copy_weights, distill_mask, label_nll, recovered, recovery_gap, undo_loss
 from duet_plugin.openunlearning.trainers.base import METHOD_ARGS, DistillationTrainer, method_args_errors
 
 logger = logging.getLogger(__name__)
@@ -159,18 +157,11 @@ class UNDO(DistillationTrainer):
         self.add_callback(self.recovery_callback)
 
     @staticmethod
-    @torch.no_grad()
     def _copy_weights(teacher: Any, student: Any, path: str) -> None:
         """The teacher's weights into the student. Under DeepSpeed ZeRO-3 with ``zero3_init_flag`` the teacher,
-        loaded after the training arguments, is partitioned at load: its shards are gathered for the copy."""
-        gathered = contextlib.nullcontext()
-        if is_zero3_partitioned(teacher):
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters(list(teacher.parameters()))
+        loaded after the training arguments, is partitioned at load: :func:`copy_weights` gathers it."""
         try:
-            with gathered:
-                student.load_state_dict(teacher.state_dict())
+            copy_weights(teacher, student)
         except RuntimeError as err:
             raise ValueError(
                 f"student_init=teacher: the teacher at {path} does not fit model=... ({err}). Point model at the "
