@@ -123,6 +123,8 @@ ROBUSTNESS = [
     "quantization_attack",
     "over_refusal",
     "performance_shift",
+    "logit_lens",
+    "directional_ablation",
 ]
 
 
