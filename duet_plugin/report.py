@@ -1,5 +1,6 @@
-"""``duet-plugin report``: one table and two plots from the evaluation outputs of several runs (and a third,
-``relearn_curves.png``, when a relearning attack was measured at several steps: ``eval_at_steps``).
+"""``duet-plugin report``: one table and two plots from the evaluation outputs of several runs (and
+``relearn_curves.png`` when a relearning attack was measured at several steps, ``eval_at_steps``, with the
+retain-only reference dashed where given; ``probe_families.png`` when the prompt attack reported per probe family).
 
 Each run folder is searched (itself and its direct subfolders; ``checkpoint-*`` folders, i.e. OU's in-training
 evaluations, are skipped) for OU's ``TOFU_SUMMARY.json`` / ``MUSE_SUMMARY.json`` / ``LMEval_SUMMARY.json``. Several
@@ -143,7 +144,10 @@ def _setting(folder: Path, benchmark: str) -> str | None:
 
 def _attack_details(entry: Mapping[str, Any]) -> dict[str, Any]:
     """What the report keeps of an attack metric's EVAL entry (not the per-example logs)."""
-    keep = ("agg_value", "worst_of", "worst_variant", "unattacked", "value_by_attack", "recovery", "curve", "reference")
+    keep = (
+        "agg_value", "worst_of", "worst_variant", "unattacked", "value_by_attack", "recovery", "curve", "reference",
+        "value_by_family",
+    )  # fmt: skip
     return {k: entry[k] for k in keep if k in entry}
 
 
@@ -765,19 +769,71 @@ def plot_relearn_curves(runs: Sequence[Run], path: Path) -> None:
     plt.close(fig)
 
 
+def probe_families(runs: Sequence[Run]) -> tuple[str | None, list[str], dict[str, dict[str, float | None]]]:
+    """The prompt attack's per-family worst values (``value_by_family``) of every run that has them, for the metric
+    its worst case is taken over: (metric, families in order of first appearance, {run: {family: value}}), and each
+    run's unattacked value under ``none``."""
+    metric, families, table = None, [], {}
+    for run in runs:
+        d = run.attacks.get("prompt_attack") or {}
+        by_family = d.get("value_by_family") or {}
+        if not by_family:
+            continue
+        metric = metric or d.get("worst_of")
+        row = {"none": _number((d.get("unattacked") or {}).get(metric))}
+        for family, values in by_family.items():
+            if family not in families:
+                families.append(family)
+            row[family] = _number((values or {}).get(metric))
+        table[run.label] = row
+    return metric, families, table
+
+
+def probe_family_figure(runs: Sequence[Run]) -> Any:
+    """The forget metric per probe family (the family's worst template), a bar per run, with the unattacked value
+    as the first group: which framing brings the answer back, and for whom."""
+    plt = _pyplot()
+    metric, families, table = probe_families(runs)
+    groups_ = ["none", *families]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups_) * max(1, len(table)) ** 0.5 + 2), 3.8), dpi=DPI)
+    width = 0.8 / max(1, len(table))
+    for i, (label, row) in enumerate(table.items()):
+        xs = [g + (i - (len(table) - 1) / 2) * width for g in range(len(groups_))]
+        ys = [row.get(f) if row.get(f) is not None else float("nan") for f in groups_]
+        ax.bar(xs, ys, width=width, label=label, color=f"C{i}")
+    ax.set_xticks(range(len(groups_)))
+    ax.set_xticklabels([g.replace("_", "\n") for g in groups_], fontsize=7)
+    ax.set_ylabel(f"{metric or 'value'} (higher: more came back)", fontsize=9)
+    ax.set_title("prompt_attack: worst template per probe family", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(4, len(table)))
+    fig.tight_layout()
+    return fig
+
+
+def plot_probe_families(runs: Sequence[Run], path: Path) -> None:
+    plt = _pyplot()
+    fig = probe_family_figure(runs)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 # -- entry point ---------------------------------------------------------------------------------------------
 
 OUTPUTS = ("results.md", "results.csv", "pareto.png", "robustness.png")
 #: Written besides OUTPUTS when a run has a relearning attack measured at several steps.
 CURVES_OUTPUT = "relearn_curves.png"
+#: Written besides OUTPUTS when a run's prompt attack reports per probe family.
+FAMILIES_OUTPUT = "probe_families.png"
 
 
 def write_report(runs: Sequence[Run], out_dir: Path, axes: Axes | None = None, overwrite: bool = False) -> list[Path]:
     """Write the four outputs into ``out_dir``; refuses (before writing anything) to replace existing ones unless
     ``overwrite``."""
     paths = [out_dir / name for name in OUTPUTS]
-    if relearn_curves(runs):
-        paths.append(out_dir / CURVES_OUTPUT)
+    curves = out_dir / CURVES_OUTPUT if relearn_curves(runs) else None
+    families = out_dir / FAMILIES_OUTPUT if probe_families(runs)[2] else None
+    paths += [p for p in (curves, families) if p is not None]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(map(str, existing))} exist; pass --overwrite to replace them.")
@@ -787,6 +843,8 @@ def write_report(runs: Sequence[Run], out_dir: Path, axes: Axes | None = None, o
     table.write_text(render_csv(runs, axes))
     plot_pareto(runs, pareto, axes)
     plot_robustness(runs, robust, axes.x if axes is not None else None)
-    if len(paths) > 4:
-        plot_relearn_curves(runs, paths[4])
+    if curves is not None:
+        plot_relearn_curves(runs, curves)
+    if families is not None:
+        plot_probe_families(runs, families)
     return paths

@@ -388,3 +388,23 @@ def test_lm_eval_quantization_worst_case_includes_bitsandbytes_variants(tmp_path
     (run_dir / "evals" / "LMEval_SUMMARY.json").write_text(json.dumps(lm))
     bars = rpt.robustness_bars(rpt.load_run("DUET", run_dir))
     assert bars["quantization"] == ("wmdp_cyber/acc", 0.3, 0.6)
+
+
+def test_probe_families_are_drawn_when_the_prompt_attack_reports_them(runs, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "report"
+    assert make_report(runs, out) == 0
+    assert not (out / rpt.FAMILIES_OUTPUT).exists()  # no run reports per family
+    logs_path = runs["DUET"] / "evals_robustness" / "TOFU_EVAL.json"
+    logs = json.loads(logs_path.read_text())
+    by_family = {"prefix_injection": {"forget_Q_A_ROUGE": 0.0}, "synonym_manipulation": {"forget_Q_A_ROUGE": 0.04}}
+    logs["prompt_attack"]["value_by_family"] = by_family
+    write(logs_path, logs)
+    loaded = rpt.load_runs([f"DUET={runs['DUET']}", f"NPO={runs['NPO']}"])
+    metric, families, table = rpt.probe_families(loaded)
+    assert metric == "forget_Q_A_ROUGE" and families == ["prefix_injection", "synonym_manipulation"]
+    assert table == {"DUET": {"none": 0.3, "prefix_injection": 0.0, "synonym_manipulation": 0.04}}  # NPO has none
+    out2 = tmp_path / "report2"
+    assert make_report(runs, out2) == 0
+    data = (out2 / rpt.FAMILIES_OUTPUT).read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5_000
