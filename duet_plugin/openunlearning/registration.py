@@ -27,6 +27,7 @@ def _components() -> list[tuple[str, str, dict[str, Any]]]:
     from duet_plugin.openunlearning.datasets import UnifiedQueryDataset, UnifiedStreamsDataset
     from duet_plugin.openunlearning.evaluators.robust_lm_eval import RobustLMEvalEvaluator
     from duet_plugin.openunlearning.metrics.directional_ablation import directional_ablation_metric
+    from duet_plugin.openunlearning.metrics.embedding_attack import embedding_attack
     from duet_plugin.openunlearning.metrics.logit_lens import logit_lens
     from duet_plugin.openunlearning.metrics.over_refusal import over_refusal
     from duet_plugin.openunlearning.metrics.performance_shift import performance_shift_metric
@@ -62,6 +63,7 @@ def _components() -> list[tuple[str, str, dict[str, Any]]]:
                     performance_shift_metric,
                     logit_lens,
                     directional_ablation_metric,
+                    embedding_attack,
                 )
             },
         ),

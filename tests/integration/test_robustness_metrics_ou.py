@@ -170,6 +170,8 @@ def test_robustness_suite_through_ou_eval(run_ou, workspace, tmp_path) -> None:
             "eval.tofu.metrics.prefill_attack.prefill_tokens=[2]",
             "eval.tofu.metrics.quantization_attack.bits=[4]",
             "eval.tofu.metrics.directional_ablation.concept_size=4",  # the workspace's authors have 4 questions
+            "eval.tofu.metrics.embedding_attack.concept_size=4",
+            "eval.tofu.metrics.embedding_attack.steps=3",
         ],
     )
     assert (model / "model.safetensors").read_bytes() == weights

@@ -80,6 +80,9 @@ def test_config_tree_ships_with_the_package() -> None:
         "experiment/unlearn/wmdp/undo.yaml",
         "eval/tofu_metrics/quantization_attack.yaml",
         "eval/tofu_metrics/over_refusal.yaml",
+        "eval/tofu_metrics/embedding_attack.yaml",
+        "eval/tofu_metrics/directional_ablation.yaml",
+        "eval/tofu_metrics/relearn_heldout.yaml",
     ):
         assert (root / rel).is_file(), rel
 
