@@ -30,6 +30,12 @@ Scaling: GradDiff (NLL) vs DUET precomputed vs DUET online with the question and
 ``--length-factors`` times, and with the vocabulary grown to ``--vocabs`` (embedding/LM head resized; the extra
 rows are never input tokens but every logit row is computed, as with a real vocabulary of that size).
 
+Real shapes: ``--shape llama-3.2-1b`` builds a random Llama of Llama-3.2-1B's shape (hidden 2048, 32 / 8 KV heads,
+MLP 8192, 128,256-token vocabulary, tied embeddings, rope_theta 500,000, sdpa) with the demo's tokenizer, ``--layers``
+of its 16 layers; ``--dtype bfloat16`` trains in OU's default precision (bf16 weights, bf16 autocast);
+``--sequential`` measures one method at a time when every trainer does not fit at once; ``--against`` adds step-time
+and peak-memory ratios against several baselines. ``scripts/gpu/bench_llama1b.py`` runs it on a GPU.
+
     python scripts/bench_efficiency.py --ou-root /path/to/open-unlearning [--batch-size 8] [--steps 20] [--repeats 3]
 """
 
@@ -68,6 +74,76 @@ BASELINE = "GradDiff (NLL retain)"
 TEMPLATE = {"apply_chat_template": True, "system_prompt": "You are a helpful assistant."}
 PREFIX = {"name": "forget_authors"}  # as experiment=unlearn/tofu/duet
 LORA = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}  # the README's example (the teacher: no copy)
+
+# Real model shapes for ``--shape`` (random weights; ``--layers`` keeps only the first few layers' worth of depth):
+# Llama-3.2-1B's config.json (hidden 2048, 32 heads / 8 KV heads of 64, MLP 8192, 16 layers, 128,256-token vocabulary,
+# tied embeddings, rope_theta 500,000 with the llama3 RoPE scaling), and a miniature of it with the same structure
+# (grouped-query attention 4:1, tied, the same RoPE) for dry runs and tests.
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": {
+        "vocab_size": 128256,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "rope_theta": 500000.0,
+        "rope_scaling": LLAMA3_ROPE,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    },
+    "llama-3.2-1b-mini": {
+        "vocab_size": 4096,
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "rope_theta": 500000.0,
+        "rope_scaling": LLAMA3_ROPE,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    },
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def shape_config(shape: str, tokenizer: Any, layers: int | None = None, vocab: int | None = None) -> Any:
+    """A ``LlamaConfig`` of ``SHAPES[shape]`` with ``layers`` layers and a ``vocab``-token vocabulary (default: the
+    shape's); the special-token ids are the (smaller) tokenizer's, whose ids are all below the vocabulary size."""
+    from transformers import LlamaConfig
+
+    spec = dict(SHAPES[shape])
+    if layers is not None:
+        spec["num_hidden_layers"] = layers
+    if vocab is not None:
+        spec["vocab_size"] = vocab
+    if spec["vocab_size"] < len(tokenizer):
+        raise ValueError(f"vocabulary {spec['vocab_size']} is below the tokenizer's {len(tokenizer)} tokens")
+    return LlamaConfig(
+        **spec,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def shape_line(shape: str, layers: int, vocab: int) -> str:
+    s = SHAPES[shape]
+    return (
+        f"random Llama of {shape}'s shape: hidden {s['hidden_size']}, {s['num_attention_heads']} heads / "
+        f"{s['num_key_value_heads']} KV heads, MLP {s['intermediate_size']}, {layers} of {s['num_hidden_layers']} "
+        f"layers, vocabulary {vocab:,}, tied embeddings, rope_theta {s['rope_theta']:,.0f}"
+    )
 
 
 @dataclass(frozen=True)
@@ -308,9 +384,7 @@ class Bench:
                 tokenizer=tokenizer,
             )
         self.forget, self.retain = self.qa["forget"], self.qa["retain"]
-        self.teacher_dir = self.dir / "teacher"
-        self.model().save_pretrained(self.teacher_dir)
-        tokenizer.save_pretrained(self.teacher_dir)
+        self.teacher_dir = self.dir / "teacher"  # UNDO's teacher, written when UNDO is built (see save_teacher)
         # Pre-drawn example indices, one batch per step: B forget (a seeded permutation, cycled), B retain, B more
         # retain (UNDO's second half).
         rng = random.Random(args.seed)
@@ -326,11 +400,36 @@ class Bench:
             for s in range(args.steps)
         ]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[getattr(self.args, "dtype", "float32")]
+
+    def save_teacher(self) -> None:
+        """UNDO's teacher: the same model, saved once (in float32 unless --dtype says otherwise)."""
+        if not (self.teacher_dir / "config.json").is_file():
+            self.model().save_pretrained(self.teacher_dir)
+            self.tokenizer.save_pretrained(self.teacher_dir)
+
     def model(self) -> Any:
+        if self.device.type != "cuda":
+            return self._model().to(self.dtype)
+        # On a GPU machine: build (slow for a 1B model on its CPU) once, then copy; the weights are the same anyway.
+        if getattr(self, "_base", None) is None:
+            self._base = self._model().to(self.dtype)
+        return copy.deepcopy(self._base)
+
+    def _model(self) -> Any:
         if self.args.model:  # a real model (e.g. duet-plugin model smollm2): its own weights and vocabulary
             from transformers import AutoModelForCausalLM
 
             return AutoModelForCausalLM.from_pretrained(self.args.model, torch_dtype=torch.float32)
+        if getattr(self.args, "shape", None):  # a real model's shape, random weights, built at the vocabulary size
+            from transformers import LlamaForCausalLM
+
+            torch.manual_seed(0)
+            config = shape_config(self.args.shape, self.tokenizer, self.args.layers, self.vocab)
+            config._attn_implementation = getattr(self.args, "attn", "sdpa")
+            return LlamaForCausalLM(config)
         from duet_plugin.demo.tiny_llama import build_tiny_llama
 
         model = build_tiny_llama(self.tokenizer, hidden_size=self.args.hidden, num_layers=self.args.layers, seed=0)
@@ -357,6 +456,7 @@ class Bench:
             remove_unused_columns=False,
             learning_rate=1e-5,
             save_strategy="no",
+            bf16=self.dtype == torch.bfloat16,  # OU's default precision: bf16 weights and bf16 autocast
         )
         t = TRAINER_REGISTRY[method.handler](
             model=self.model(),
@@ -392,6 +492,8 @@ class Bench:
         return out
 
     def build(self, method: Method) -> Entry:
+        if method.handler == "UNDO":
+            self.save_teacher()
         t = self.trainer(method)
         batches = self.batches(method, t)
         entry = Entry(method, t, batches, padded_tokens(method, batches[0]))
@@ -403,7 +505,7 @@ class Bench:
         """The first (cold) target precomputation, kept for training; warm repeats come after the timed steps."""
         gc.collect()
         start = time.perf_counter()
-        t.targets = t.precompute_targets()
+        t.targets = t.precompute_targets(every_query=True)  # the bench draws its own batches
         return {
             "cold": time.perf_counter() - start,
             "seconds": [],
@@ -419,7 +521,7 @@ def time_precompute(entries: Sequence[Entry], repeats: int) -> None:
         for e in rotated(pre, r):
             gc.collect()
             start = time.perf_counter()
-            e.trainer.targets = e.trainer.precompute_targets()
+            e.trainer.targets = e.trainer.precompute_targets(every_query=True)  # the bench draws its own batches
             e.precompute["seconds"].append(time.perf_counter() - start)
 
 
@@ -443,8 +545,39 @@ def padded_tokens(method: Method, batch: dict[str, Any]) -> tuple[int, int]:
     return trainable, frozen
 
 
+def release(entry: Entry, device: torch.device) -> None:
+    """Drop a measured trainer (model, frozen copies, optimizer state, batches), keeping its figures."""
+    entry.trainer = None
+    entry.batches = []
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure_sequential(bench: Bench, methods: Sequence[Method], log: Callable[[str], None]) -> list[Entry]:
+    """One method at a time (build, warm up, time, measure memory, precompute repeats, free): for models too large
+    to hold every method's trainer at once. Machine noise then no longer hits all methods alike."""
+    a = bench.args
+    warmup = a.steps if a.warmup is None else a.warmup
+    entries = []
+    for m in methods:
+        log(f"  {m.label}: build, {warmup} warmup + {a.repeats} x {a.steps} steps, memory")
+        e = bench.build(m)
+        interleaved([e], warmup, a.steps, a.repeats, bench.device)
+        measure_memory(e, bench.device)
+        if m.precompute and a.precompute_repeats:
+            time_precompute([e], a.precompute_repeats)
+        release(e, bench.device)
+        median = step_spread(e.total).median
+        log(f"  {m.label}: median step {median * 1000:.0f} ms, peak {format_bytes(e.memory['peak'])}")
+        entries.append(e)
+    return entries
+
+
 def measure(bench: Bench, methods: Sequence[Method], log: Callable[[str], None]) -> list[Entry]:
-    """Build every method's trainer, time them interleaved and measure memory."""
+    """Build every method's trainer, time them interleaved and measure memory (``--sequential``: one at a time)."""
+    if getattr(bench.args, "sequential", False):
+        return measure_sequential(bench, methods, log)
     entries = []
     for m in methods:
         log(f"  building {m.label}")
@@ -542,16 +675,33 @@ def precompute_table(entries: Sequence[Entry]) -> str:
     )
 
 
-def targets_table(entries: Sequence[Entry]) -> str:
+#: Issue 17's targets, against GradDiff (NLL retain) in the same interleaved run: DUET precomputed's step time at the
+#: demo's size, and at a Llama-3-size vocabulary (>= 128,000 rows), its peak memory, DUET online's step time, and
+#: BiDistill's step time against DUET precomputed's.
+TARGETS = {"precomputed": 0.60, "precomputed_128k": 0.35, "peak": 0.60, "online": 1.15, "bidistill_vs_duet": 1.10}
+
+
+def targets_table(entries: Sequence[Entry], vocab: int | None = None) -> str:
     by = {e.method.label: e for e in entries}
     base, pre, online = by[BASELINE], by["DUET precomputed"], by["DUET online"]
+    step = TARGETS["precomputed_128k"] if (vocab or 0) >= 128_000 else TARGETS["precomputed"]
     checks = [
-        ("DUET precomputed", "step time (wall)", 1.0, ratio_spread(pre.total, base.total)),
-        ("DUET precomputed", "step time (CPU)", 1.0, ratio_spread(pre.cpu, base.cpu)),
-        ("DUET precomputed", "peak memory", 1.05, spread([pre.memory["peak"] / base.memory["peak"]])),
-        ("DUET online", "step time (wall)", 1.4, ratio_spread(online.total, base.total)),
-        ("DUET online", "step time (CPU)", 1.4, ratio_spread(online.cpu, base.cpu)),
+        ("DUET precomputed", "step time (wall)", step, ratio_spread(pre.total, base.total)),
+        ("DUET precomputed", "step time (CPU)", step, ratio_spread(pre.cpu, base.cpu)),
+        ("DUET precomputed", "peak memory", TARGETS["peak"], spread([pre.memory["peak"] / base.memory["peak"]])),
+        ("DUET online", "step time (wall)", TARGETS["online"], ratio_spread(online.total, base.total)),
+        ("DUET online", "step time (CPU)", TARGETS["online"], ratio_spread(online.cpu, base.cpu)),
     ]
+    if "BiDistill" in by:
+        bi = by["BiDistill"]
+        checks.append(
+            (
+                "BiDistill",
+                "step time vs DUET precomputed",
+                TARGETS["bidistill_vs_duet"],
+                ratio_spread(bi.total, pre.total),
+            )
+        )
     rows = [
         [label, what, f"<= {limit:.2f}x", value.format(1, 2, "x"), target_verdict(value, limit)]
         for label, what, limit, value in checks
@@ -598,6 +748,23 @@ def scaling_table(results: Sequence[tuple[str, Sequence[Entry]]]) -> str:
     )
 
 
+def against_table(entries: Sequence[Entry], baselines: Sequence[str]) -> str:
+    """Every method's step time (wall; per-repeat ratios, median and range) and peak memory against each of
+    ``baselines`` (method labels; those not measured are left out)."""
+    by = {e.method.label: e for e in entries}
+    bases = [by[b] for b in baselines if b in by]
+    rows = []
+    for e in entries:
+        row = [e.method.label, ms(step_spread(e.total)), format_bytes(e.memory["peak"])]
+        for b in bases:
+            row += [x(ratio_spread(e.total, b.total)), f"{e.memory['peak'] / b.memory['peak']:.2f}x"]
+        rows.append(row)
+    header = ["method", "step ms (wall)", "peak"]
+    for b in bases:
+        header += [f"step vs {b.method.label}", f"peak vs {b.method.label}"]
+    return markdown_table(header, rows)
+
+
 def raw(entries: Sequence[Entry]) -> list[dict[str, Any]]:
     return [
         {
@@ -623,8 +790,37 @@ def main() -> None:
         help="a real model folder (e.g. from `duet-plugin model smollm2`) with its tokenizer, instead of a random "
         "Llama of --hidden/--layers (the vocabulary scaling runs are then skipped)",
     )
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default=None,
+        help="a random Llama of a real model's shape (Llama-3.2-1B: hidden 2048, 32/8 heads, MLP 8192, vocabulary "
+        "128,256, tied, rope_theta 500000; -mini: the same structure, tiny) with the demo's tokenizer; --layers "
+        "keeps that many layers (default: all), --vocab overrides the vocabulary",
+    )
+    parser.add_argument("--hidden", type=int, default=None, help="hidden size of the random Llama (default 128)")
+    parser.add_argument("--layers", type=int, default=None, help="layers (default: 4, or all of --shape's)")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="model weights' dtype; bfloat16 also turns on the Trainer's bf16 autocast (OU's default precision)",
+    )
+    parser.add_argument(
+        "--attn", default="sdpa", help="attention implementation of the --shape model (the default Llama keeps eager)"
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="measure one method at a time and free it before the next (for models too large to hold every "
+        "method's trainer at once); default: all trainers held, steps interleaved",
+    )
+    parser.add_argument(
+        "--against",
+        nargs="*",
+        default=[],
+        help="also print step time and peak memory of every method against each of these method labels",
+    )
     parser.add_argument(
         "--vocab",
         type=int,
@@ -660,6 +856,14 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
     parser.add_argument("--json", default=None, help="also write every raw timing and memory figure here")
     args = parser.parse_args()
+    if args.shape and (args.model or args.hidden is not None):
+        parser.error("--shape sets the model's size: use --layers / --vocab, not --model or --hidden")
+    if args.hidden is None:
+        args.hidden = 128
+    if args.layers is None and not args.shape:
+        args.layers = 4
+    if args.shape and args.layers is None:
+        args.layers = SHAPES[args.shape]["num_hidden_layers"]
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
 
@@ -694,7 +898,7 @@ def main() -> None:
         args.vocabs = []
     else:
         tokenizer = build_tokenizer(texts, vocab_size=args.tokenizer_vocab)
-        vocab = args.vocab or len(tokenizer)
+        vocab = args.vocab or (SHAPES[args.shape]["vocab_size"] if args.shape else len(tokenizer))
     scaling_steps = args.scaling_steps or args.steps
     started = time.time()
     header = [
@@ -702,20 +906,35 @@ def main() -> None:
         f"at start: {load_line()}",
         f"model: {Path(args.model).name}, vocabulary {vocab}"
         if args.model
+        else f"model: {shape_line(args.shape, args.layers, vocab)} (tokenizer: the demo's, {len(tokenizer)} tokens)"
+        if args.shape
         else f"model: random Llama, hidden {args.hidden}, {args.layers} layers, vocabulary {vocab} "
         f"(tokenizer {len(tokenizer)})",
         f"data: fictitious-author TOFU forget10 ({len(rows['forget'])} QA) / retain90 ({len(rows['retain'])} QA); "
         f"{args.batch_size} forget+retain pairs per step",
         f"timing: {'one pass' if args.warmup is None else args.warmup} warmup + {args.repeats} repeats x "
-        f"{args.steps} steps, methods interleaved (round-robin, order rotated every step)",
+        f"{args.steps} steps, "
+        + (
+            "one method at a time (--sequential: each trainer built, measured and freed in turn)"
+            if args.sequential
+            else "methods interleaved (round-robin, order rotated every step)"
+        ),
     ]
+    if args.dtype != "float32":
+        header.append(f"precision: weights {args.dtype}, Trainer bf16 autocast on (OU's default)")
     for line in header:
         log(line)
 
     bench = Bench(args, workdir, rows, tokenizer, 1, vocab, device)
     methods = all_methods(ou_root, bench.teacher_dir)
     if args.only:
+        unknown = sorted(set(args.only) - {m.label for m in methods})
+        if unknown:
+            parser.error(f"--only: unknown method label(s) {unknown}; the labels: {[m.label for m in methods]}")
         methods = [m for m in methods if m.label == BASELINE or m.label in args.only]
+    missing = sorted(set(args.against) - {m.label for m in methods})
+    if missing:
+        parser.error(f"--against: {missing} not among the measured methods {[m.label for m in methods]}")
     log("main comparison")
     main_entries = measure(bench, methods, log)
     del bench
@@ -753,7 +972,10 @@ def main() -> None:
     print(precompute_table(main_entries))
     if all(label in {e.method.label for e in main_entries} for label in ("DUET precomputed", "DUET online")):
         print("\n### Targets\n")
-        print(targets_table(main_entries))
+        print(targets_table(main_entries, vocab))
+    if args.against:
+        print("\n### Against baselines (step time: per-repeat ratios, median and range; peak memory)\n")
+        print(against_table(main_entries, args.against))
     if scaling:
         print(f"\n### Scaling ({args.repeats} repeats x {scaling_steps} steps each)\n")
         print(scaling_table(scaling))
