@@ -37,10 +37,11 @@ class KLDistillConfig(DUETConfig):
             raise OptionError("kl_scale", f"must be positive, got {self.kl_scale!r}.")
 
 
-def kl_distill_loss(model, streams, cfg, pad_id, eos_ids, teacher=None, store=None):
+def kl_distill_loss(model, streams, cfg, pad_id, eos_ids, **source):
+    # source: where the targets come from, as the trainer's teacher_source gives it (teacher, store, prefix caches)
     target, loss, parts = cfg.target_config(), 0.0, {}
     for stream, batch in streams.items():
-        targets, batch = stream_targets(stream, batch, target, pad_id, eos_ids, teacher=teacher, store=store)
+        targets, batch = stream_targets(stream, batch, target, pad_id, eos_ids, **source)
         logits = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits
         at = gather_positions(logits, batch["student_positions"], batch["position_mask"])
         term = cfg.kl_scale * topk_distillation_loss(at, targets.to(at.device), distance="kl")
