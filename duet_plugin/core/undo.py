@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from duet_plugin.core.distributed import is_zero3_partitioned
 from duet_plugin.core.ensemble import TeacherSpec, parse_teachers
+from duet_plugin.core.logits import keep_arg
 from duet_plugin.core.lora import LoRAConfig
 from duet_plugin.core.losses import forward_kl_loss, select_topk, topk_distillation_loss
 from duet_plugin.core.noise import DEFAULT_EXCLUDE
@@ -138,6 +139,23 @@ def distill_mask(
         return labels[:, 1:] != -100
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     return mask[:, 1:].bool() & mask[:, :-1].bool()
+
+
+def from_first_distilled(mask: torch.Tensor) -> int:
+    """How many trailing logit columns the loss reads: from the first next-token position any row distils (all
+    ``L`` when none does). With ``tokens: labels`` the prompt's logits are never read, so the LM head can skip them
+    (``num_logits_to_keep``); :func:`undo_loss` then takes ``mask[:, -(n - 1):]`` with the ``n`` kept columns."""
+    width = mask.shape[1] + 1
+    cols = mask.any(dim=0).nonzero()
+    return width - int(cols[0]) if len(cols) else width
+
+
+def undo_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, keep: int) -> Any:
+    """The model's output with logits for the last ``keep`` positions only, where it takes ``num_logits_to_keep``
+    (or ``logits_to_keep``) and ``keep`` is shorter than the sequence; else the full output."""
+    arg = keep_arg(model)
+    extra = {arg: keep} if arg is not None and keep < input_ids.shape[1] else {}
+    return model(input_ids=input_ids, attention_mask=attention_mask, **extra)
 
 
 def undo_loss(

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from duet_plugin.core.undo import UNDOConfig, distill_mask, label_nll, recovered, recovery_gap, undo_loss
+from duet_plugin.core.undo import (
+    UNDOConfig,
+    distill_mask,
+    from_first_distilled,
+    label_nll,
+    recovered,
+    recovery_gap,
+    undo_logits,
+    undo_loss,
+)
 
 
 @pytest.mark.parametrize(
@@ -99,3 +110,30 @@ def test_recovery_gap_and_criterion() -> None:
     assert not recovered(recovery_gap(2.2, 2.0), 0.95)
     assert recovered(recovery_gap(1.5, 2.0), 1.0)  # better than the teacher counts as recovered
     assert recovery_gap(0.0, 0.0) == 0.0
+
+
+def test_the_lm_head_skips_the_prompt_positions_no_row_distils(tiny_model) -> None:
+    """tokens=labels: the loss on the logits from the first distilled position on equals the full-logits loss."""
+    torch.manual_seed(0)
+    ids = torch.randint(5, 500, (3, 12))
+    mask = torch.tensor([[1] * 12, [1] * 9 + [0] * 3, [1] * 10 + [0] * 2])
+    labels = torch.full_like(ids, -100)
+    labels[0, 7:12], labels[1, 5:9], labels[2, 8:10] = ids[0, 7:12], ids[1, 5:9], ids[2, 8:10]
+    positions = distill_mask(labels, mask, ids, "labels")
+    keep = from_first_distilled(positions)
+    assert keep == 12 - 4  # next-token position 4 predicts row 1's first label (column 5)
+    teacher = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cfg = UNDOConfig(teacher="t")
+    seen: list[int] = []
+    tiny_model.lm_head.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].shape[1]))
+    with torch.no_grad():
+        full = undo_loss(tiny_model(ids, attention_mask=mask).logits, teacher(ids, attention_mask=mask).logits,
+                         positions, cfg)  # fmt: skip
+        s, t = undo_logits(tiny_model, ids, mask, keep).logits, undo_logits(teacher, ids, mask, keep).logits
+        kept = undo_loss(s, t, positions[:, -(keep - 1) :], cfg)
+    assert seen == [12, keep] and s.shape[1] == keep
+    assert float(kept) == pytest.approx(float(full), rel=1e-5) and float(full) > 0
+    assert from_first_distilled(torch.zeros(2, 5, dtype=torch.bool)) == 6

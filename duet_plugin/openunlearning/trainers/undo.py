@@ -21,7 +21,17 @@ from transformers import TrainerCallback
 from duet_plugin.core.collate import to_device
 from duet_plugin.core.ensemble import as_teacher, check_checkpoint
 from duet_plugin.core.noise import shrink_and_perturb
-from duet_plugin.core.undo import UNDOConfig, copy_weights, distill_mask, label_nll, recovered, recovery_gap, undo_loss
+from duet_plugin.core.undo import (
+    UNDOConfig,
+    copy_weights,
+    distill_mask,
+    from_first_distilled,
+    label_nll,
+    recovered,
+    recovery_gap,
+    undo_logits,
+    undo_loss,
+)
 from duet_plugin.openunlearning.trainers.base import METHOD_ARGS, DistillationTrainer, method_args_errors
 
 logger = logging.getLogger(__name__)
@@ -184,9 +194,12 @@ class UNDO(DistillationTrainer):
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         with method_args_errors():  # tokens=labels on a batch without labels
             positions = distill_mask(inputs.get("labels"), mask, ids, self.cfg.tokens)
-        outputs = model(input_ids=ids, attention_mask=mask)
+        keep = from_first_distilled(positions)  # the LM head skips the prompt positions no row distils
+        outputs = undo_logits(model, ids, mask, keep)
         with torch.no_grad():
-            teacher_logits = self.teacher_model(input_ids=ids, attention_mask=mask).logits
-        loss = undo_loss(outputs.logits, teacher_logits, positions, self.cfg)
+            teacher_logits = undo_logits(self.teacher_model, ids, mask, keep).logits
+        width = min(outputs.logits.shape[1], teacher_logits.shape[1])  # keep, or all for a model without the arg
+        student, teacher = outputs.logits[:, -width:], teacher_logits[:, -width:]
+        loss = undo_loss(student, teacher, positions[:, positions.shape[1] + 1 - width :], self.cfg)
         self.log_terms({"kl": loss.detach().item()})
         return (loss, outputs) if return_outputs else loss
