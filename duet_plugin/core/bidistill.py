@@ -49,7 +49,7 @@ DIRECTIONS = ("pull", "push")
 #: sees the bare question) or the teacher continuing the same forced start (``continue``).
 PREFILL_TARGETS = ("restart", "continue")
 BALANCES = ("start", "none")
-#: A term smaller than this at the first step is left unscaled (dividing by it would blow it up).
+#: Terms whose first values average below this are left unscaled.
 MIN_SCALE = 1e-6
 
 
@@ -108,11 +108,11 @@ class BiDistillConfig(SteeredTeacherConfig):
     )
     balance: str = option(
         "start",
-        help="How the (stream, direction) terms are put on one scale before the weights apply. start: each is "
-        "divided by its own value at the first step (mean over processes, logged as bidistill/scale_<term>), so a "
-        "weight is the term's share of the objective at the start, whatever the term's natural size (with a "
-        "raw-logit distance a real vocabulary makes the prefilled adversarial pull 20-40x the others) | none: the "
-        "raw weighted sum.",
+        help="How the (stream, direction) terms are put on one scale before the weights apply. start: a term whose "
+        "value at the first step (mean over processes) is above the mean of all terms' first values is divided by "
+        "its ratio to that mean (logged as bidistill/scale_<term>), so no term starts larger than the average times "
+        "its weight (with a raw-logit distance a real vocabulary makes the prefilled adversarial pull 20-40x the "
+        "others) and none is amplified | none: the raw weighted sum.",
     )
     prefill_target: str = option(
         "restart",
@@ -174,19 +174,27 @@ class BiDistillConfig(SteeredTeacherConfig):
 
 
 class TermScales:
-    """``balance: start``: each term's value at the first step it appears (mean over processes), which the
-    objective divides it by from then on. Kept by the trainer for the whole run; every process must call
-    :meth:`of` with the same terms at the same step (they do: the terms follow the weights, not the data)."""
+    """``balance: start``: what each term is divided by for the whole run, fixed at the first step: its first value
+    (mean over processes) where that is above the mean of all the terms' first values, else that mean. A term that
+    starts larger than the average is brought down to it (the prefilled adversarial pull on a real vocabulary), and
+    none is amplified (dividing a term that starts near zero by its own value would multiply its gradient by
+    hundreds). Every process must call :meth:`of` with the same terms at the same step (they do: the terms follow
+    the weights, not the data)."""
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
 
     def of(self, terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        new = [k for k in terms if k not in self.values]
-        if new:
-            firsts = mean_over_ranks(torch.stack([terms[k].detach().float() for k in new]))
-            for key, value in zip(new, firsts.tolist(), strict=True):
-                self.values[key] = value if value > MIN_SCALE else 1.0
+        if not self.values:
+            keys = list(terms)
+            firsts = mean_over_ranks(torch.stack([terms[k].detach().float() for k in keys])).tolist()
+            mean = sum(firsts) / len(firsts)
+            floor = mean if mean > MIN_SCALE else 1.0
+            self.values = {k: max(v, floor) / floor for k, v in zip(keys, firsts, strict=True)}
+        missing = sorted(set(terms) - set(self.values))
+        if missing:
+            raise ValueError(f"BiDistill term(s) {missing} appeared after the first step; balance: start fixes the "
+                             f"terms there ({sorted(self.values)}). Use balance: none.")  # fmt: skip
         return {k: self.values[k] for k in terms}
 
 
@@ -202,8 +210,8 @@ def bidistill_loss(
     prefix_caches: PrefixCaches | None = None,
     scales: TermScales | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted sum over streams and directions, each term divided by its first value in ``scales`` when
-    ``balance`` is ``start`` (a fresh :class:`TermScales` when none is given). Targets come from ``teacher``
+    """The weighted sum over streams and directions, each term divided by its scale in ``scales`` when ``balance``
+    is ``start`` (:class:`TermScales`; a fresh one when none is given). Targets come from ``teacher``
     (online: full vocabulary) or ``store`` (precomputed K'). Returns the loss and each ``<stream>_<direction>``
     term (unweighted, unscaled) for logging, with ``scale_<term>`` where balanced."""
     if (teacher is None) == (store is None):

@@ -158,36 +158,42 @@ def test_stream_and_direction_weights_scale_exactly_their_term(student, tiny_mod
         _loss(student, tiny_model, collator, batches, nothing, tokenizer)
 
 
-def test_balance_start_divides_each_term_by_its_first_value(student, tiny_model, collator, streams, tokenizer):
-    """At the first step every balanced term is 1 (so the loss is the sum of the weights); later the same
-    (stream, direction) keeps its first value as divisor, whatever its natural size."""
+def test_balance_start_brings_large_terms_down_to_the_mean_and_amplifies_none(
+    student, tiny_model, collator, streams, tokenizer
+):
+    """At the first step every term above the mean of the first values is divided by its ratio to that mean (so it
+    starts at the mean); smaller terms keep their size; the same divisors hold for the rest of the run."""
     batches = _batches(collator, streams)
     weights = {"adversarial": {"push": 3.0}, "boundary": {"pull": 0.5}}
     raw_cfg = BiDistillConfig(teacher_mode="online", stream_weights=weights, balance="none")
     cfg = BiDistillConfig(teacher_mode="online", stream_weights=weights)
     assert cfg.balance == "start"
     _, first = _loss(student, tiny_model, collator, batches, raw_cfg, tokenizer)
-    assert max(first.values()) > 3 * min(first.values())  # terms of different sizes: what balancing is for
+    mean = sum(first.values()) / len(first)
+    expected_scale = {k: max(v, mean) / mean for k, v in first.items()}
+    assert max(expected_scale.values()) > 1.5 and min(expected_scale.values()) == 1.0  # some scaled, some not
     scales = TermScales()
     loss, parts = _loss(student, tiny_model, collator, batches, cfg, tokenizer, scales=scales)
-    total_weight = sum(cfg.weight(s, d) for s, d in (k.rsplit("_", 1) for k in first))
-    assert float(loss) == pytest.approx(total_weight, rel=1e-5)
-    assert {k: parts[f"scale_{k}"] for k in first} == pytest.approx(first, rel=1e-6)
+    assert {k: parts[f"scale_{k}"] for k in first} == pytest.approx(expected_scale, rel=1e-6)
+    weight = {k: cfg.weight(*k.rsplit("_", 1)) for k in first}
+    assert float(loss.detach()) == pytest.approx(sum(weight[k] * first[k] / expected_scale[k] for k in first), rel=1e-5)
+    assert all(first[k] / expected_scale[k] <= mean * (1 + 1e-6) for k in first)  # none starts above the mean
     moved = copy.deepcopy(student)
     with torch.no_grad():
         for p in moved.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + 1)))
     _, raw = _loss(moved, tiny_model, collator, batches, raw_cfg, tokenizer)
-    later, later_parts = _loss(moved, tiny_model, collator, batches, cfg, tokenizer, scales=scales)
-    expected = sum(cfg.weight(*k.rsplit("_", 1)) * raw[k] / first[k] for k in first)
-    assert float(later) == pytest.approx(expected, rel=1e-5)
-    assert later_parts["scale_adversarial_pull"] == pytest.approx(first["adversarial_pull"], rel=1e-6)
+    later, _ = _loss(moved, tiny_model, collator, batches, cfg, tokenizer, scales=scales)
+    assert float(later.detach()) == pytest.approx(sum(weight[k] * raw[k] / expected_scale[k] for k in first), rel=1e-5)
 
 
-def test_a_term_that_starts_at_zero_is_left_unscaled() -> None:
+def test_term_scales_edge_cases() -> None:
     scales = TermScales()
-    assert scales.of({"a": torch.tensor(0.0), "b": torch.tensor(4.0)}) == {"a": 1.0, "b": 4.0}
-    assert scales.of({"b": torch.tensor(1.0)}) == {"b": 4.0}  # kept from the first step
+    assert scales.of({"a": torch.tensor(0.0), "b": torch.tensor(4.0)}) == {"a": 1.0, "b": 2.0}  # mean 2: b halved
+    assert scales.of({"b": torch.tensor(1.0)}) == {"b": 2.0}  # kept from the first step
+    with pytest.raises(ValueError, match=r"\['c'\] appeared after the first step"):
+        scales.of({"c": torch.tensor(1.0)})
+    assert TermScales().of({"a": torch.tensor(0.0), "b": torch.tensor(0.0)}) == {"a": 1.0, "b": 1.0}
     assert BiDistillConfig().as_duet().balance == "none"
     with pytest.raises(ValueError, match="balance"):
         BiDistillConfig(balance="running")
@@ -196,7 +202,9 @@ def test_a_term_that_starts_at_zero_is_left_unscaled() -> None:
 def test_training_on_the_push_term_lowers_what_the_teacher_does_not_rank(tiny_model, collator, streams, tokenizer):
     """A few steps on forget push alone lower the student's logits at its own top tokens that the steered teacher
     ranks low, at the prefilled adversarial positions."""
-    cfg = BiDistillConfig(teacher_mode="online", w_pull=0.0, stream_weights={"forget": {"push": 0.0}})
+    cfg = BiDistillConfig(
+        teacher_mode="online", w_pull=0.0, stream_weights={"forget": {"push": 0.0}}, balance="none"
+    )  # the raw push term, one stream
     student = copy.deepcopy(tiny_model)
     batches = _batches(collator, streams, ("adversarial",))
     with torch.no_grad():

@@ -131,9 +131,10 @@ def test_two_processes_split_the_precompute_and_both_get_every_target(
     for store, _, _ in results:
         _same_store(single, store)  # every rank holds every target, equal to one process's
     rows_per_rank = [rows for _, _, rows in results]
-    if positions == "first":  # one teacher forward per batch: each rank ran its half (4 + 4 of the 15 queries)
-        assert sum(seen) == 15
-        assert rows_per_rank == [8, 8]
-        assert [calls for _, calls, _ in results] == [4, 4]  # ceil(4/3) + ceil(4/3) batches, the same on both
+    if positions == "first":  # one teacher forward per batch: each rank ran its half (4 + 4 of the 15 queries),
+        # plus, in every process, one forward of the shared prompt prefix's single row (core/logits.PrefixCache)
+        assert seen[0] == 1 and sum(seen) == 15 + 1
+        assert rows_per_rank == [8 + 1, 8 + 1]
+        assert [calls for _, calls, _ in results] == [4 + 1, 4 + 1]  # ceil(4/3) + ceil(4/3) batches on both
     else:  # greedy continuations add forwards; each rank still runs them over its half only
         assert all(rows < sum(seen) for rows in rows_per_rank)
