@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Wheels for OpenUnlearning's train/eval stack on the lent GPU machine, which has Python 3.12, torch 2.11 and
-# transformers 5 (plus numpy, pandas, pyarrow, scipy, scikit-learn, aiohttp, requests, xxhash, absl-py, ...; see
-# /work/.library/device/KINDS.md) but none of OU's own packages and no network. Run here (with network) in the repo
-# root; writes .gpu_wheels/ (git-ignored through .git/info/exclude): the wheels (cp312 manylinux where binary,
+# transformers 5 (plus numpy, pandas, pyarrow, scipy, scikit-learn, aiohttp, requests, xxhash, absl-py, ...) but
+# none of OU's own packages and no network. Run here (with network) in the repo root; writes .gpu_wheels/
+# (git-ignored): the wheels (cp312 manylinux where binary,
 # pure-Python otherwise), this plugin's wheel, and a copy of OU's src/ and configs/ (.gpu_wheels/open-unlearning).
 #
 #   bash scripts/gpu/fetch_wheels.sh [OU_ROOT]      # then carry .gpu_wheels (scripts/gpu/env.sh installs it)
@@ -12,7 +12,7 @@
 # with fsspec 2024.6.1. Everything the machine already has (numpy, pandas, pyarrow, scipy, ...) is not brought.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OU_ROOT="${1:-${OU_ROOT:-/work/shared/open-unlearning}}"
+OU_ROOT="${1:-${OU_ROOT:-../shared/open-unlearning}}"
 DEST=.gpu_wheels
 PY="${PYTHON:-python3}"
 mkdir -p "$DEST" .git/info
