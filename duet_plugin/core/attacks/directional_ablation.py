@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from duet_plugin.core.attacks.logit_lens import decoder_owners
+
 IGNORE_INDEX = -100
 POSITIONS = ("last", "mean")
 #: Where decoder blocks live (tried on the base model, then on its decoder): Llama/Mistral/Qwen/Gemma/NeoX
@@ -63,12 +65,7 @@ def find_layers(model: nn.Module, path: str | None = None) -> nn.ModuleList:
         if not isinstance(found, nn.ModuleList) or not len(found):
             raise DirectionalAblationError(f"{path!r} of {type(model).__name__} is not a list of decoder blocks.")
         return found
-    owners: list[tuple[str, Any]] = []
-    with contextlib.suppress(AttributeError, NotImplementedError, TypeError):
-        owners.append(("get_decoder()", model.get_decoder()))
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    base = getattr(model, prefix, None) if prefix else None
-    owners += [(prefix, base), (f"{prefix}.decoder", getattr(base, "decoder", None))]
+    owners = decoder_owners(model)
     tried = []
     for where, owner in owners:
         if not isinstance(owner, nn.Module):

@@ -42,6 +42,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def decoder_owners(model: Any) -> list[tuple[str, Any]]:
+    """Where a causal LM keeps its decoder's parts, as ``(name, module)`` to search in order: ``get_decoder()``,
+    the base model (``base_model_prefix``) and its ``decoder``; entries may be None."""
+    owners: list[tuple[str, Any]] = []
+    with contextlib.suppress(AttributeError, NotImplementedError, TypeError):
+        owners.append(("get_decoder()", model.get_decoder()))
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) if prefix else None
+    return [*owners, (prefix, base), (f"{prefix}.decoder", getattr(base, "decoder", None))]
+
+
 def find_final_norm(model: nn.Module, path: str | None = None) -> nn.Module:
     """The model's final norm: the module at dotted ``path`` (e.g. ``"model.norm"``), else found on its decoder."""
     model = _unwrap(model)
@@ -50,12 +61,7 @@ def find_final_norm(model: nn.Module, path: str | None = None) -> nn.Module:
             return model.get_submodule(path)
         except AttributeError as err:
             raise LogitLensError(f"{type(model).__name__} has no module {path!r} (final_norm): {err}") from None
-    owners: list[tuple[str, Any]] = []
-    with contextlib.suppress(AttributeError, NotImplementedError, TypeError):
-        owners.append(("get_decoder()", model.get_decoder()))
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    base = getattr(model, prefix, None) if prefix else None
-    owners += [(prefix, base), (f"{prefix}.decoder", getattr(base, "decoder", None))]
+    owners = decoder_owners(model)
     tried = []
     for where, owner in owners:
         if not isinstance(owner, nn.Module):
