@@ -12,7 +12,11 @@
 # with fsspec 2024.6.1. Everything the machine already has (numpy, pandas, pyarrow, scipy, ...) is not brought.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OU_ROOT="${1:-${OU_ROOT:-../shared/open-unlearning}}"
+OU_ROOT="${1:-${OU_ROOT:-}}"
+if [ -z "$OU_ROOT" ] || [ ! -f "$OU_ROOT/src/train.py" ]; then
+  echo "fetch_wheels.sh: no OpenUnlearning checkout at '${OU_ROOT}': pass its folder (bash scripts/gpu/fetch_wheels.sh PATH) or set OU_ROOT, as for the tests" >&2
+  exit 2
+fi
 DEST=.gpu_wheels
 PY="${PYTHON:-python3}"
 mkdir -p "$DEST" .git/info
