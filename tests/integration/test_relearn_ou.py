@@ -302,3 +302,33 @@ def test_heldout_profile_through_ou_eval(run_ou, workspace) -> None:
     assert by_lr == result["curve"]["forget_Q_A_ROUGE"]
     paths = write_report([run], out / "report")
     assert paths[-1].name == CURVES_OUTPUT and paths[-1].stat().st_size > 0
+
+
+def test_muse_heldout_profile_through_ou_eval(run_ou, workspace) -> None:
+    """``+eval/muse_metrics=relearn_heldout`` (the workspace's six knowmem forget questions): relearning on three
+    questions, scoring the other three; step 0 is their part of OU's own forget_knowmem_ROUGE."""
+    out = workspace / "saves" / "eval" / "muse_relearn_heldout"
+    run_ou(
+        "eval",
+        [
+            "experiment=eval/muse/default",
+            "+eval/muse_metrics=relearn_heldout",
+            "task_name=muse_relearn_heldout",
+            *eval_overrides(workspace / "tiny"),
+            f"paths.output_dir={out}",
+            "eval.muse.metrics.relearn_heldout.eval_at_steps=[0,2]",
+            "eval.muse.metrics.relearn_heldout.learning_rates=[1e-3]",
+            "eval.muse.metrics.relearn_heldout.seeds=[0]",
+        ],
+    )
+    logs = json.loads((out / "MUSE_EVAL.json").read_text())
+    result = logs["relearn_heldout"]
+    part = result["partition"]
+    assert part["by"] == "question" and sorted(part["heldout"] + part["relearn"]) == list(range(6))
+    assert len(part["heldout"]) == 3 and set(part["heldout"]).isdisjoint(part["relearn"])
+    rouge = logs["forget_knowmem_ROUGE"]["value_by_index"]
+    field = result["index_field"]["forget_knowmem_ROUGE"]
+    heldout = sum(rouge[str(i)][field] for i in part["heldout"]) / 3
+    assert result["unattacked"]["forget_knowmem_ROUGE"] == pytest.approx(heldout)
+    curve = result["curve"]["forget_knowmem_ROUGE"]["lr0.001"]
+    assert curve["steps"] == [0, 2] and curve["mean"][0] == pytest.approx(heldout)

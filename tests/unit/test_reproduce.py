@@ -256,6 +256,28 @@ def test_cpu_profile_uses_the_demo_and_the_cpu_overrides(ou_root, demo_dir, tmp_
     assert arg(robust, "eval.tofu.metrics.relearn_attack.steps") == "10"
 
 
+def test_a_pretrained_models_demo_settings_shape_the_cpu_grid(ou_root, demo_dir, tmp_path) -> None:
+    from duet_plugin.demo.pipeline import SETTINGS_FILE, DemoSettings
+
+    tiny = rp.load_demo_context(demo_dir, threads=1)  # a folder from before the settings were written: defaults
+    assert (tiny.unlearn_lr, tiny.recovery_steps) == (DemoSettings().unlearn_lr, DemoSettings().recovery_steps)
+    smol = DemoSettings.profile_settings("default", "smollm2")
+    assert smol.pretrained and smol.forget_split == "forget10" and smol.unlearn_lr < DemoSettings().unlearn_lr
+    smol.save(demo_dir / SETTINGS_FILE)
+    assert DemoSettings.load(demo_dir / SETTINGS_FILE) == smol
+    demo = rp.load_demo_context(demo_dir, threads=1)
+    assert (demo.unlearn_lr, demo.unlearn_batch_size) == (smol.unlearn_lr, smol.unlearn_batch_size)
+    g = grid("tofu", ou_root, tmp_path, profile="cpu", demo=demo, python=sys.executable, splits=["forget10"])
+    trains = by_run(g, "train")
+    assert arg(trains["tofu_demo_forget10_NPO"], "trainer.args.learning_rate") == f"{smol.unlearn_lr}"
+    assert arg(trains["tofu_demo_forget10_BiDistill"], "trainer.args.logging_steps") == "1"  # terms per step
+    undo = trains["tofu_demo_forget10_UNDO-DUET"]
+    assert arg(undo, "trainer.args.max_steps") == str(smol.recovery_steps)
+    assert arg(undo, "trainer.args.learning_rate") == f"{smol.recovery_lr:g}"
+    assert arg(undo, "trainer.args.per_device_train_batch_size") == str(smol.recovery_batch_size)
+    assert arg(undo, "trainer.method_args.recovery_eval_steps") == str(smol.recovery_steps // 20)
+
+
 def test_cpu_profile_errors(ou_root, demo_dir, tmp_path, capsys) -> None:
     # MUSE's privleak needs the demo's retain-only model, which this stand-in lacks.
     assert rp.main("muse", ["--ou-root", str(ou_root), "--profile", "cpu", "--demo-workdir", str(demo_dir)]) == 2
