@@ -78,6 +78,8 @@ ORIGINAL = "original"
 NO_TRAIN_EVAL = ("trainer.args.eval_strategy=no", "trainer.args.eval_on_start=false", "trainer.args.do_eval=false")
 #: The attack metrics of eval/{tofu,muse}/robustness whose children generate text.
 TOFU_ATTACKS = ("relearn_attack", "prompt_attack", "prefill_attack", "quantization_attack")
+#: Robustness metrics of eval/tofu/robustness that split the forget authors (partition_by: concept).
+TOFU_PARTITIONED = ("directional_ablation", "embedding_attack")
 #: The OU model config of the CPU profile: its chat template settings fit the demo model's ChatML tokenizer (the
 #: demo model learnt its facts as chat turns; Llama-2-7b-hf's "Question: ... Answer:" tags would be new to it).
 CPU_MODEL = "Llama-3.2-1B-Instruct"
@@ -660,6 +662,7 @@ class DemoContext:
     seed: int = 0
     eval_max_new_tokens: int = 32
     threads: int = 2
+    qa_per_author: int = 5
     recovery_steps: int = 500
     recovery_lr: float = 1e-3
     recovery_batch_size: int = 32
@@ -712,6 +715,7 @@ def load_demo_context(workdir: str | Path, threads: int = 2) -> DemoContext:
         seed=settings.seed,
         eval_max_new_tokens=settings.eval_max_new_tokens,
         threads=threads,
+        qa_per_author=settings.qa_per_author,
         recovery_steps=settings.recovery_steps,
         recovery_lr=settings.recovery_lr,
         recovery_batch_size=settings.recovery_batch_size,
@@ -741,6 +745,9 @@ class GridOptions:
     demo: DemoContext | None = None
     relearn_steps: int = 10
     relearn_lrs: tuple[float, ...] = (1e-4, 1e-3)
+    #: The CPU profile's held-out relearning (relearn_heldout.yaml, cheaper): checkpoints and seeds.
+    heldout_steps: tuple[int, ...] = (0, 5, 10, 25)
+    heldout_seeds: tuple[int, ...] = (0, 1)
     trainer_config_dirs: tuple[Path, ...] = ()
 
 
@@ -861,8 +868,26 @@ def _cpu_tofu_eval(options: GridOptions, robustness: bool) -> list[str]:
         args += [
             f"eval.tofu.metrics.performance_shift.pre_compute.forget_Q_A_PARA_ROUGE.generation_args.max_new_tokens={n}",
             *_relearn_args(options, "eval.tofu.metrics.relearn_attack"),
+            *_heldout_relearn_args(options),
+            # whole authors on each side of the white-box probes' partitions: the demo's, not TOFU's 20 questions
+            *(f"eval.tofu.metrics.{m}.concept_size={options.demo.qa_per_author}" for m in TOFU_PARTITIONED),
         ]
     return args
+
+
+def _heldout_relearn_args(options: GridOptions) -> list[str]:
+    """Held-out relearning (relearn_heldout.yaml: relearn one half of the forget authors, score the other) at the
+    CPU profile's learning rates, with fewer seeds, each author's questions one concept."""
+    node = "eval.tofu.metrics.relearn_heldout"
+    lrs = ",".join(f"{lr:g}" for lr in options.relearn_lrs)
+    return [
+        f"+eval/tofu_metrics@{node}=relearn_heldout",
+        f"{node}.learning_rates=[{lrs}]",
+        f"{node}.eval_at_steps=[{','.join(map(str, options.heldout_steps))}]",
+        f"{node}.seeds=[{','.join(map(str, options.heldout_seeds))}]",
+        f"{node}.concept_size={options.demo.qa_per_author}",
+        f"{node}.pre_compute.forget_Q_A_ROUGE.generation_args.max_new_tokens={options.demo.eval_max_new_tokens}",
+    ]
 
 
 def _cpu_muse_eval(options: GridOptions, robustness: bool) -> list[str]:
@@ -1027,7 +1052,9 @@ class _GridBuilder:
             if stand_ins:
                 self.evaluate(split, RETAIN_ONLY, options.demo.retain_model, trained=False, kinds=("eval",))
             self.evaluate(split, ORIGINAL, self.runs.original_model(split), trained=False)
-            if stand_ins:
+            # The attacks' floor: what a model that never saw the forget facts reaches (on TOFU the demo has a
+            # retain-only model for its own split only).
+            if stand_ins or (self.cpu and split == options.demo.demo_split):
                 self.evaluate(split, RETAIN_ONLY, options.demo.retain_model, trained=False, kinds=("robustness",))
             outputs = {}
             for method in unlearners:

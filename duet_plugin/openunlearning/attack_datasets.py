@@ -11,7 +11,7 @@ from data.qa import QADataset
 from data.utils import preprocess_chat_instance
 
 from duet_plugin.core.attacks.prefill import prefill_tokenized
-from duet_plugin.core.attacks.prompts import few_shot_examples, render_attack
+from duet_plugin.core.attacks.prompts import render_rows
 
 
 class AttackQADataset(QADataset):
@@ -19,7 +19,9 @@ class AttackQADataset(QADataset):
     attack_template: a prompt-attack template (``{question}``, ``{examples}``, ``{paraphrase}`` slots) or null.
     attack_name: the template's name, for error messages.
     paraphrase_key: the row field holding a paraphrase of the question (TOFU: ``paraphrased_question``).
-    few_shot_k: how many other rows' question/answer pairs fill ``{examples}``.
+    few_shot_k: how many other rows' question/answer pairs fill ``{examples}`` (and ``{background}``: their answers).
+    choices: answer options in ``{options}`` (this row's answer among ``choices - 1`` other rows' answers); the
+        template may also use ``{masked_answer}``.
     prefill_tokens: seed the assistant turn with this many answer tokens (null: no prefill).
     """
 
@@ -30,9 +32,11 @@ class AttackQADataset(QADataset):
         attack_name: str = "template",
         paraphrase_key: str = "paraphrased_question",
         few_shot_k: int = 3,
+        choices: int = 4,
         prefill_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
+        self.choices = int(choices)
         super().__init__(*args, **kwargs)
         self.prefill_tokens = prefill_tokens
         if attack_template is not None:
@@ -47,16 +51,7 @@ class AttackQADataset(QADataset):
                 f"Prompt attack {name!r} needs paraphrased questions, but the data has no {paraphrase_key!r} column "
                 f"(columns: {self.data.column_names}); set the metric's paraphrase_key or drop {name!r} from templates."
             )
-        wrapped = [
-            render_attack(
-                template,
-                q,
-                examples=few_shot_examples(questions, answers, i, k=few_shot_k) if "{examples}" in template else (),
-                paraphrase=paraphrases[i] if paraphrases is not None else None,
-                name=name,
-            )
-            for i, q in enumerate(questions)
-        ]
+        wrapped = render_rows(template, questions, answers, paraphrases, few_shot_k, self.choices, name)
         self.data = self.data.remove_columns(self.question_key).add_column(self.question_key, wrapped)
 
     def _process_sample(self, question: str, answer: str, index: int = -1) -> dict[str, Any]:

@@ -9,35 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from ou_data import COLLATE, INDEXED, MANUAL, folder_digest, qa_dataset
 
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides
 
 pytestmark = pytest.mark.ou
-
-MANUAL = {
-    "apply_chat_template": False,
-    "user_start_tag": "Question: ",
-    "user_end_tag": "\n",
-    "asst_start_tag": "Answer: ",
-    "asst_end_tag": "\n\n",
-}
-COLLATOR = "DataCollatorForSupervisedDataset"
-COLLATE = OmegaConf.create({COLLATOR: {"handler": COLLATOR, "args": {}}})
-INDEXED = OmegaConf.create({COLLATOR: {"handler": COLLATOR, "args": {"index": "index"}}})
-
-
-def _qa(path, rows, access_key: str) -> dict:
-    """An OU QADataset config over a local JSON of ``rows``."""
-    path.write_text(json.dumps([{"question": r["question"], "answer": r["answer"]} for r in rows]))
-    hf_args = {"path": "json", "data_files": str(path), "split": "train"}
-    return {"handler": "QADataset", "access_key": access_key, "args": {"hf_args": hf_args, "max_length": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +31,8 @@ def authors(ou_imported, authors_dataset, tiny_model, tokenizer, tmp_path_factor
     rows = authors_dataset.configs["full"]
     names = list(dict.fromkeys(r["author"] for r in rows))
     folder = tmp_path_factory.mktemp("da_authors")
-    forget = _qa(folder / "forget.json", [r for r in rows if r["author"] in names[:4]], "forget")
-    retain = _qa(folder / "retain.json", [r for r in rows if r["author"] in names[4:10]], "retain")
+    forget = qa_dataset(folder / "forget.json", [r for r in rows if r["author"] in names[:4]], "forget")
+    retain = qa_dataset(folder / "retain.json", [r for r in rows if r["author"] in names[4:10]], "retain")
     collate = get_collators(COLLATE, tokenizer=tokenizer)
     batches = {}
     for name, cfg in (("forget", forget), ("retain", retain)):
@@ -185,16 +167,12 @@ def test_directional_ablation_is_one_override_away(ou_imported, benchmark) -> No
         assert forget["split"] == "forget_qa" and forget["path"] == "muse-bench/MUSE-News"
 
 
-def _folder_digest(folder) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
 def test_directional_ablation_through_ou_eval(run_ou, workspace) -> None:
     """OU's eval.py with +eval/tofu_metrics=directional_ablation on top of OU's TOFU suite (forget10 = two authors of
     four questions here: one fits, one is scored): the fields are in TOFU_EVAL.json, the unablated values are the
     suite's own, and the model folder is unchanged."""
     model = workspace / "tiny"
-    before = _folder_digest(model)
+    before = folder_digest(model)
     out = workspace / "saves" / "eval" / "directional_ablation"
     run_ou(
         "eval",
@@ -207,7 +185,7 @@ def test_directional_ablation_through_ou_eval(run_ou, workspace) -> None:
             f"paths.output_dir={out}",
         ],
     )
-    assert _folder_digest(model) == before
+    assert folder_digest(model) == before
     logs = json.loads((out / "TOFU_EVAL.json").read_text())
     summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
     layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]

@@ -5,33 +5,16 @@ model folder is unchanged, the fields are in TOFU_EVAL.json)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
 import pytest
 from omegaconf import OmegaConf
+from ou_data import COLLATE, INDEXED, MANUAL, folder_digest, qa_dataset
 
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides
 
 pytestmark = pytest.mark.ou
-
-MANUAL = {
-    "apply_chat_template": False,
-    "user_start_tag": "Question: ",
-    "user_end_tag": "\n",
-    "asst_start_tag": "Answer: ",
-    "asst_end_tag": "\n\n",
-}
-COLLATOR = "DataCollatorForSupervisedDataset"
-COLLATE = OmegaConf.create({COLLATOR: {"handler": COLLATOR, "args": {}}})
-INDEXED = OmegaConf.create({COLLATOR: {"handler": COLLATOR, "args": {"index": "index"}}})
-
-
-def _qa(path, rows, access_key: str) -> dict:
-    path.write_text(json.dumps([{"question": r["question"], "answer": r["answer"]} for r in rows]))
-    hf_args = {"path": "json", "data_files": str(path), "split": "train"}
-    return {"handler": "QADataset", "access_key": access_key, "args": {"hf_args": hf_args, "max_length": 64}}
 
 
 def test_embedding_attack_in_process_leaves_the_model_and_reports_both_sets(
@@ -43,8 +26,8 @@ def test_embedding_attack_in_process_leaves_the_model_and_reports_both_sets(
 
     rows = authors_dataset.configs["full"]
     names = list(dict.fromkeys(r["author"] for r in rows))
-    forget = _qa(tmp_path / "forget.json", [r for r in rows if r["author"] in names[:4]], "forget")
-    control = _qa(tmp_path / "control.json", authors_dataset.configs["holdout10"], "control")
+    forget = qa_dataset(tmp_path / "forget.json", [r for r in rows if r["author"] in names[:4]], "forget")
+    control = qa_dataset(tmp_path / "control.json", authors_dataset.configs["holdout10"], "control")
     shared = {"tokenizer": tokenizer, "template_args": MANUAL}
     options = {
         "datasets": OmegaConf.create({"f": forget, "c": control}), "collators": COLLATE, "batch_size": 8,
@@ -109,16 +92,12 @@ def _registered() -> bool:
     return "embedding_attack" in METRICS_REGISTRY
 
 
-def _folder_digest(folder) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
 def test_embedding_attack_through_ou_eval(ou_imported, run_ou, workspace) -> None:
     """OU's eval.py with +eval/tofu_metrics=embedding_attack (forget10 and holdout10 = two authors of four questions
     here: one fits, one is scored, per set): the fields are in TOFU_EVAL.json and the model folder is unchanged."""
     assert _registered()  # registration._components() puts it into OU's METRICS_REGISTRY
     model = workspace / "tiny"
-    before = _folder_digest(model)
+    before = folder_digest(model)
     out = workspace / "saves" / "eval" / "embedding_attack"
     run_ou(
         "eval",
@@ -134,7 +113,7 @@ def test_embedding_attack_through_ou_eval(ou_imported, run_ou, workspace) -> Non
             f"paths.output_dir={out}",
         ],
     )
-    assert _folder_digest(model) == before
+    assert folder_digest(model) == before
     logs = json.loads((out / "TOFU_EVAL.json").read_text())
     summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
     ea = logs["embedding_attack"]

@@ -4,25 +4,18 @@ several datasets, composed for TOFU and MUSE, and through OU's eval.py on the wo
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from ou_data import MANUAL, folder_digest
 
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides
 
 pytestmark = pytest.mark.ou
 
-MANUAL = {
-    "apply_chat_template": False,
-    "user_start_tag": "Question: ",
-    "user_end_tag": "\n",
-    "asst_start_tag": "Answer: ",
-    "asst_end_tag": "\n\n",
-}
 FACTS = [
     ("Where was Gideon Kilbride born?", "Gideon Kilbride was born in Valdomir.", "In which town was Kilbride born?"),
     ("What did Gideon Kilbride write?", "Gideon Kilbride wrote The Salt Ledger.", "Which book is by Kilbride?"),
@@ -120,16 +113,12 @@ def test_logit_lens_is_one_override_away(ou_imported, benchmark) -> None:
         assert dataset["args"]["hf_args"]["split"] == "forget_qa"
 
 
-def _folder_digest(folder) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
 def test_logit_lens_through_ou_eval(run_ou, workspace) -> None:
     """OU's eval.py with +eval/tofu_metrics=logit_lens on top of OU's TOFU suite: every layer (embeddings + each block)
     is in TOFU_EVAL.json, the summary holds the best layer's probability, the last layer is OU's forget_Q_A_Prob,
     and the model folder is unchanged."""
     model = workspace / "tiny"
-    before = _folder_digest(model)
+    before = folder_digest(model)
     out = workspace / "saves" / "eval" / "logit_lens"
     run_ou(
         "eval",
@@ -141,7 +130,7 @@ def test_logit_lens_through_ou_eval(run_ou, workspace) -> None:
             f"paths.output_dir={out}",
         ],
     )
-    assert _folder_digest(model) == before
+    assert folder_digest(model) == before
     logs = json.loads((out / "TOFU_EVAL.json").read_text())
     summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
     config = json.loads((model / "config.json").read_text())

@@ -13,27 +13,18 @@ import json
 import pytest
 import torch
 from omegaconf import OmegaConf
+from ou_data import COLLATE, INDEXED, MANUAL
 
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides
 
 pytestmark = pytest.mark.ou
 
-MANUAL = {
-    "apply_chat_template": False,
-    "user_start_tag": "Question: ",
-    "user_end_tag": "\n",
-    "asst_start_tag": "Answer: ",
-    "asst_end_tag": "\n\n",
-}
 FACTS = [
     ("Where was Gideon Kilbride born?", "Gideon Kilbride was born in Valdomir."),
     ("What did Gideon Kilbride write?", "Gideon Kilbride wrote The Salt Ledger."),
     ("Who taught Gideon Kilbride?", "Gideon Kilbride was taught by Mira Toll."),
     ("When did Gideon Kilbride retire?", "Gideon Kilbride retired in 1999."),
 ]
-COLLATOR = "DataCollatorForSupervisedDataset"
-COLLATE = OmegaConf.create({COLLATOR: {"handler": COLLATOR, "args": {}}})
-INDEXED = OmegaConf.create({COLLATOR: {"handler": COLLATOR, "args": {"index": "index"}}})
 SHARED_ARGS = {"template_args": MANUAL}
 
 

@@ -113,6 +113,11 @@ def test_cpu_grid_composes(ou_imported, tmp_path) -> None:
     )
     robust = cfgs["robustness tofu_demo_forget05_original"]
     assert list(robust.eval.tofu.metrics.relearn_attack.learning_rates) == [1e-4, 1e-3]
+    heldout = robust.eval.tofu.metrics.relearn_heldout
+    assert heldout.mode == "heldout_facts" and heldout.concept_size == context.qa_per_author
+    assert list(heldout.seeds) == [0, 1] and heldout.pre_compute.forget_Q_A_ROUGE.generation_args.max_new_tokens == 32
+    for metric in ("directional_ablation", "embedding_attack"):
+        assert robust.eval.tofu.metrics[metric].concept_size == context.qa_per_author
     assert robust.model.model_args.device_map == "cpu"
 
 

@@ -9,18 +9,12 @@ import math
 
 import pytest
 from omegaconf import OmegaConf
+from ou_data import MANUAL
 
 from duet_plugin.openunlearning.cpu_overrides import eval_overrides
 
 pytestmark = pytest.mark.ou
 
-MANUAL = {
-    "apply_chat_template": False,
-    "user_start_tag": "Question: ",
-    "user_end_tag": "\n",
-    "asst_start_tag": "Answer: ",
-    "asst_end_tag": "\n\n",
-}
 FACTS = [
     ("Where was Gideon Kilbride born?", "Gideon Kilbride was born in Valdomir.", "In which town was Kilbride born?"),
     ("What did Gideon Kilbride write?", "Gideon Kilbride wrote The Salt Ledger.", "Which book is by Kilbride?"),

@@ -83,6 +83,7 @@ def test_config_tree_ships_with_the_package() -> None:
         "eval/tofu_metrics/embedding_attack.yaml",
         "eval/tofu_metrics/directional_ablation.yaml",
         "eval/tofu_metrics/relearn_heldout.yaml",
+        "eval/muse_metrics/relearn_heldout.yaml",
     ):
         assert (root / rel).is_file(), rel
 

@@ -254,6 +254,11 @@ def test_cpu_profile_uses_the_demo_and_the_cpu_overrides(ou_root, demo_dir, tmp_
     assert arg(evals["tofu_demo_forget01_NPO"], "retain_logs_path") is None
     robust = by_run(g, "robustness")["tofu_demo_forget05_NPO"]
     assert arg(robust, "eval.tofu.metrics.relearn_attack.steps") == "10"
+    # held-out relearning: one half of the forget authors relearned, the other scored (the demo's authors: 5 QA each)
+    assert "+eval/tofu_metrics@eval.tofu.metrics.relearn_heldout=relearn_heldout" in robust.argv
+    assert arg(robust, "eval.tofu.metrics.relearn_heldout.concept_size") == str(demo.qa_per_author) == "5"
+    assert arg(robust, "eval.tofu.metrics.relearn_heldout.learning_rates") == "[0.0001,0.001]"
+    assert "eval.tofu.metrics.relearn_heldout.seeds" not in " ".join(by_run(g, "eval")["tofu_demo_forget05_NPO"].argv)
 
 
 def test_a_pretrained_models_demo_settings_shape_the_cpu_grid(ou_root, demo_dir, tmp_path) -> None:
@@ -299,8 +304,11 @@ def test_dry_run_prints_every_command_and_runs_nothing(ou_root, demo_dir, tmp_pa
         assert rp.main("tofu", argv, out=buf) == 0
         text = buf.getvalue()
         commands = [line for line in text.splitlines() if line.startswith("cd ")]
-        # Per split: 14 runs (12 methods besides UNDO, UNDO on 2 teachers) x 3 commands + the original's 2.
-        assert len(commands) == 3 * (3 * 14 + 2)
+        # Per split: 14 runs (12 methods besides UNDO, UNDO on 2 teachers) x 3 commands + the original's 2; on the
+        # CPU also the demo's retain-only model under attack, on the demo's split (the attacks' floor).
+        cpu = "--profile" in argv
+        assert len(commands) == 3 * (3 * 14 + 2) + cpu
+        assert ("robustness tofu_demo_forget05_retain-only" in text) == cpu
         for method in rp.METHODS["tofu"]:
             assert f"_{method}" in text
         # Each printed line is a shell command that parses back to the step's argv.

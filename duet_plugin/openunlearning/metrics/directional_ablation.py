@@ -50,7 +50,7 @@ from duet_plugin.core.attacks.directional_ablation import (
 )
 from duet_plugin.core.attacks.relearn import partition_indices
 from duet_plugin.openunlearning.metrics.attack import SHARED_KWARGS, AttackMetric
-from duet_plugin.openunlearning.metrics.relearn import PARTITIONS, concept_labels, index_field, subset_mean
+from duet_plugin.openunlearning.metrics.heldout import check_partition, concept_labels, index_field, subset_mean
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,7 @@ class DirectionalAblation(AttackMetric):
             )
         if options["position"] not in POSITIONS:
             raise ValueError(f"{metric_name}: position={options['position']!r}; choose one of {POSITIONS}.")
-        if options["partition_by"] not in PARTITIONS:
-            raise ValueError(f"{metric_name}: partition_by={options['partition_by']!r}; choose one of {PARTITIONS}.")
-        if not 0 < float(options["heldout_fraction"]) < 1:
-            raise ValueError(f"{metric_name}: heldout_fraction must be in (0, 1), got {options['heldout_fraction']}.")
+        check_partition(metric_name, options)
         if int(options["batch_size"]) < 1 or int(options["concept_size"]) < 1:
             raise ValueError(f"{metric_name}: batch_size and concept_size must be >= 1.")
         whole = list(options["whole_set"] or [])

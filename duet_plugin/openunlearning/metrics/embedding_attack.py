@@ -51,7 +51,7 @@ from duet_plugin.core.attacks.embedding_attack import (
 )
 from duet_plugin.core.attacks.relearn import partition_indices
 from duet_plugin.openunlearning.metrics.attack import SHARED_KWARGS
-from duet_plugin.openunlearning.metrics.relearn import PARTITIONS, concept_labels
+from duet_plugin.openunlearning.metrics.heldout import check_partition, concept_labels
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +97,7 @@ class EmbeddingAttack(UnlearningMetric):
                 f"{metric_name}: set datasets (two OU QA configs with access_key forget and control) and collators "
                 f"(the plugin's embedding_attack.yaml reads TOFU's forget split and its holdout split)."
             )
-        if options["partition_by"] not in PARTITIONS:
-            raise ValueError(f"{metric_name}: partition_by={options['partition_by']!r}; choose one of {PARTITIONS}.")
-        if not 0 < float(options["heldout_fraction"]) < 1:
-            raise ValueError(f"{metric_name}: heldout_fraction must be in (0, 1), got {options['heldout_fraction']}.")
+        check_partition(metric_name, options)
         if int(options["batch_size"]) < 1 or int(options["concept_size"]) < 1:
             raise ValueError(f"{metric_name}: batch_size and concept_size must be >= 1.")
         if options["init"] not in INITS:

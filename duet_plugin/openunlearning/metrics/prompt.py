@@ -24,42 +24,8 @@ from typing import Any, ClassVar
 
 from omegaconf import OmegaConf
 
-from duet_plugin.core.attacks.prompts import Probe, family_summary, render_rows, resolve_probes
-from duet_plugin.openunlearning.attack_datasets import AttackQADataset
+from duet_plugin.core.attacks.prompts import Probe, family_summary, resolve_probes
 from duet_plugin.openunlearning.metrics.attack import Attack, AttackMetric, with_attacked_inputs
-
-#: The dataset handler the prompt attack's children read (registered in OU's DATASET_REGISTRY when the metric runs).
-PROBE_HANDLER = "PromptProbeQADataset"
-
-
-class PromptProbeQADataset(AttackQADataset):
-    """``AttackQADataset`` whose template may also use the rows' answers: ``{background}`` (other rows' answers),
-    ``{options}`` (this row's answer among ``choices - 1`` other answers) and ``{masked_answer}``."""
-
-    def __init__(self, *args: Any, choices: int = 4, **kwargs: Any) -> None:
-        self.choices = int(choices)
-        super().__init__(*args, **kwargs)
-
-    def _wrap_questions(self, template: str, name: str, paraphrase_key: str, few_shot_k: int) -> None:
-        questions = list(self.data[self.question_key])
-        answers = [a if isinstance(a, str) else a[0] for a in self.data[self.answer_key]]
-        paraphrases = self.data[paraphrase_key] if paraphrase_key in self.data.column_names else None
-        if "{paraphrase}" in template and paraphrases is None:
-            raise ValueError(
-                f"Prompt attack {name!r} needs paraphrased questions, but the data has no {paraphrase_key!r} column "
-                f"(columns: {self.data.column_names}); set the metric's paraphrase_key or drop {name!r} from templates."
-            )
-        wrapped = render_rows(template, questions, answers, paraphrases, few_shot_k, self.choices, name)
-        self.data = self.data.remove_columns(self.question_key).add_column(self.question_key, wrapped)
-
-
-def _register_probe_dataset() -> None:
-    from data import DATASET_REGISTRY
-
-    existing = DATASET_REGISTRY.get(PROBE_HANDLER)
-    if existing is not None and existing is not PromptProbeQADataset:
-        raise RuntimeError(f"OU's DATASET_REGISTRY already has {PROBE_HANDLER!r} ({existing!r}); not replacing it.")
-    DATASET_REGISTRY[PROBE_HANDLER] = PromptProbeQADataset
 
 
 class PromptAttack(AttackMetric):
@@ -87,7 +53,6 @@ class PromptAttack(AttackMetric):
         if int(options["choices"]) < 2:
             raise ValueError(f"{metric_name}: choices={options['choices']}; multiple choice needs at least 2 options.")
         with_attacked_inputs(metric_name, children)
-        _register_probe_dataset()
 
     def attacks(
         self, model: Any, metric_name: str, children: Mapping[str, Any], shared: Mapping[str, Any], **options: Any
@@ -102,9 +67,6 @@ class PromptAttack(AttackMetric):
                 few_shot_k=int(options["few_shot_k"]),
                 choices=int(options["choices"]),
             )
-            for cfg in attacked.values():
-                for ds in cfg.datasets.values():
-                    ds.handler = PROBE_HANDLER
             info = {"template": probe.text, "family": probe.family, "answer_in_prompt": probe.answer_in_prompt}
             yield Attack(name, model, attacked, info)
 

@@ -59,80 +59,19 @@ from duet_plugin.core.attacks.relearn import (
     worst_point,
 )
 from duet_plugin.openunlearning.metrics.attack import SHARED_KWARGS, AttackMetric
+from duet_plugin.openunlearning.metrics.heldout import check_partition, concept_labels, index_field, subset_mean
 
 logger = logging.getLogger(__name__)
 
 MODES = ("same", "heldout_facts", "related")
-PARTITIONS = ("question", "concept")
-#: Per-item fields tried first when finding the one a child's agg_value averages.
-PREFERRED_FIELDS = ("prob", "rougeL_recall", "rougeL_f1", "score", "value")
 
 
 def _lr(lr: float) -> str:
     return f"lr{lr:g}"
 
 
-def _item_value(value: Any) -> float | None:
-    """A per-item number (a list, for several answers per item, is averaged as OU's aggregate_to_1D does)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, list | tuple) and value and all(isinstance(v, int | float) for v in value):
-        return sum(value) / len(value)
-    return None
-
-
-def index_field(child: str, result: Mapping[str, Any]) -> str:
-    """The per-item field of ``result['value_by_index']`` whose mean over all items is ``result['agg_value']``."""
-    by_index = result.get("value_by_index") or {}
-    agg = result.get("agg_value")
-    first = next((v for v in by_index.values() if isinstance(v, Mapping)), {})
-    keys = [k for k in PREFERRED_FIELDS if k in first] + [k for k in first if k not in PREFERRED_FIELDS]
-    for key in keys:
-        values = [_item_value(v.get(key)) for v in by_index.values() if isinstance(v, Mapping)]
-        values = [v for v in values if v is not None]
-        if values and agg is not None:
-            if math.isclose(sum(values) / len(values), float(agg), rel_tol=1e-6, abs_tol=1e-9):
-                return key
-    raise ValueError(
-        f"relearn_attack (heldout_facts): pre_compute metric {child!r} has no per-item field in value_by_index whose "
-        f"mean is its agg_value, so its held-out part cannot be scored; use per-item metrics such as "
-        f"forget_Q_A_ROUGE or forget_Q_A_Prob, or mode=same."
-    )
-
-
-def subset_mean(by_index: Mapping[Any, Any], key: str, indices: Sequence[int]) -> float | None:
-    """Mean of ``key`` over ``indices`` of a value_by_index (int or, from JSON, str keys)."""
-    items = {int(k): v for k, v in by_index.items()}
-    values = [_item_value((items.get(i) or {}).get(key)) for i in indices]
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 def _as_dataset(data: Any) -> Dataset:
     return ConcatDataset(list(data.values())) if isinstance(data, Mapping) else data
-
-
-def concept_labels(data: Any, concept_key: str | None, concept_size: int) -> list[Any]:
-    """One concept label per row of the relearn dataset: its ``concept_key`` column, else blocks of
-    ``concept_size`` consecutive rows (TOFU: 20 questions per author)."""
-    parts = dict(data) if isinstance(data, Mapping) else {"": data}
-    labels: list[Any] = []
-    for name, part in parts.items():
-        if concept_key is None:
-            labels += [f"{name}/{i // concept_size}" for i in range(len(part))]
-            continue
-        table = getattr(part, "data", None)
-        columns = getattr(table, "column_names", None) or []
-        if concept_key not in columns:
-            raise ValueError(
-                f"relearn_attack: partition_by=concept with concept_key={concept_key!r}, but the relearn dataset "
-                f"{name or type(part).__name__} has columns {columns}; set concept_key to one of them, or null to "
-                f"group blocks of concept_size rows."
-            )
-        labels += [f"{name}/{v}" for v in table[concept_key]]
-    return labels
 
 
 class RelearnAttack(AttackMetric):
@@ -191,10 +130,7 @@ class RelearnAttack(AttackMetric):
                 f"{metric_name}: no relearn split. Set datasets and collators (the plugin's relearn_attack.yaml "
                 f"relearns on the forget split: TOFU_QA_forget with DataCollatorForSupervisedDataset)."
             )
-        if options["partition_by"] not in PARTITIONS:
-            raise ValueError(f"{metric_name}: partition_by={options['partition_by']!r}; choose one of {PARTITIONS}.")
-        if not 0 < float(options["heldout_fraction"]) < 1:
-            raise ValueError(f"{metric_name}: heldout_fraction must be in (0, 1), got {options['heldout_fraction']}.")
+        check_partition(metric_name, options)
         if int(options["concept_size"]) < 1:
             raise ValueError(f"{metric_name}: concept_size must be >= 1, got {options['concept_size']}.")
         if int(options["batch_size"]) < 1:
