@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -749,6 +750,10 @@ class GridOptions:
     heldout_steps: tuple[int, ...] = (0, 5, 10, 25)
     heldout_seeds: tuple[int, ...] = (0, 1)
     trainer_config_dirs: tuple[Path, ...] = ()
+    #: Hydra overrides for every training command (replacing the grid's own value of the same key), and the tag
+    #: that names the variant's runs (``<method>-<tag>``) so that they never overwrite the grid's own.
+    overrides: tuple[str, ...] = ()
+    tag: str | None = None
 
 
 class _Runs:
@@ -917,6 +922,32 @@ def _cpu_wmdp_eval(options: GridOptions, robustness: bool) -> list[str]:
 _CPU_EVAL = {"tofu": _cpu_tofu_eval, "muse": _cpu_muse_eval, "wmdp": _cpu_wmdp_eval}
 
 
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def with_overrides(args: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """``args`` with each of ``overrides`` (Hydra ``key=value``, ``+key=value`` or ``~key``) in place of the
+    argument that sets the same key, or appended."""
+    keys = {_override_key(o) for o in overrides}
+    return [*(a for a in args if a.startswith("--") or _override_key(a) not in keys), *overrides]
+
+
+def check_variant(overrides: Sequence[str], tag: str | None) -> None:
+    """Overrides need a tag (their runs must not take the grid's own names); a tag names a variant only."""
+    if overrides and not tag:
+        raise ValueError("--override needs --tag NAME: the variant's runs are named <method>-NAME, so that they do "
+                         "not overwrite (or get skipped as) the grid's own runs.")  # fmt: skip
+    if tag and not overrides:
+        raise ValueError(f"--tag {tag} names a variant, but no --override says what differs; add e.g. "
+                         "--override trainer.method_args.balance=none.")  # fmt: skip
+    if tag and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tag):
+        raise ValueError(f"--tag {tag!r}: use letters, digits, '.', '_' and '-' (it becomes part of folder names).")
+    for o in overrides:
+        if "=" not in o and not o.startswith("~"):
+            raise ValueError(f"--override {o!r} is not a Hydra override: write key=value (or ~key to delete).")
+
+
 class _GridBuilder:
     """Builds one grid (see :func:`build_grid`): per split, the original model's evaluation, then every method's
     training and evaluation, robustifiers once per teacher after the methods they start from."""
@@ -988,6 +1019,7 @@ class _GridBuilder:
         args += self.method_args(method, split)
         if teacher is not None:
             args.append(f"trainer.method_args.teacher={teacher}")
+        args = with_overrides(args, self.options.overrides)
         args.append(f"paths.output_dir={output}")
         self.launcher.add("train", run, "train", args, self.processes(method), [teacher] if teacher else [])
         return output
@@ -1037,6 +1069,10 @@ class _GridBuilder:
         self.launcher.add("robustness", run, "eval", args, 1, needs)
 
     # -- the grid --------------------------------------------------------------------------------------------
+    def variant(self, label: str) -> str:
+        """A trained run's label: ``label``, or ``label-<tag>`` for a variant (``--override``/``--tag``)."""
+        return f"{label}-{self.options.tag}" if self.options.tag else label
+
     def build(self) -> Grid:
         options = self.options
         unlearners = [m for m in options.methods if not m.robustifies]
@@ -1058,11 +1094,12 @@ class _GridBuilder:
                 self.evaluate(split, RETAIN_ONLY, options.demo.retain_model, trained=False, kinds=("robustness",))
             outputs = {}
             for method in unlearners:
-                outputs[method.name] = self.train(method, split, method.name)
-                self.evaluate(split, method.name, outputs[method.name], trained=True)
+                label = self.variant(method.name)
+                outputs[method.name] = self.train(method, split, label)
+                self.evaluate(split, label, outputs[method.name], trained=True)
             for method in robustifiers:
                 for teacher in options.undo_teachers:
-                    label = f"{method.name}-{teacher}"
+                    label = self.variant(f"{method.name}-{teacher}")
                     output = self.train(
                         method, split, label, teacher=outputs.get(teacher) or self.runs.folder(split, teacher)
                     )
@@ -1139,6 +1176,7 @@ def build_grid(options: GridOptions) -> Grid:
         raise ValueError(f"Unknown stage(s) {bad}; valid stages: {', '.join(STAGES)}.")
     if options.num_gpus < 1:
         raise ValueError(f"--num-gpus must be at least 1, got {options.num_gpus}.")
+    check_variant(options.overrides, options.tag)
     dirs = options.trainer_config_dirs
     methods = resolve_methods(options.benchmark, None, dirs) if options.methods is None else list(options.methods)
     teachers = resolve_methods(options.benchmark, options.undo_teachers, dirs)
@@ -1244,6 +1282,15 @@ def parser(benchmark: str) -> argparse.ArgumentParser:
     p.add_argument("--main-process-port", type=int, help="accelerate's --main_process_port")
     p.add_argument("--retain-logs-dir", help="reference-model logs (default: OU_ROOT/saves/eval)")
     p.add_argument("--rerun", action="store_true", help="run steps again even when their .done marker matches")
+    p.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra overrides for every training command, in place of the grid's own value of the same key "
+        "(e.g. trainer.method_args.balance=none trainer.args.seed=1); needs --tag",
+    )
+    p.add_argument("--tag", help="names a variant's runs <method>-TAG (with --override); evaluations are the grid's")
     return p
 
 
@@ -1284,6 +1331,8 @@ def options_from_args(benchmark: str, args: argparse.Namespace) -> GridOptions:
         main_process_port=args.main_process_port,
         python=sys.executable if args.profile == "cpu" else "python",
         demo=demo,
+        overrides=tuple(args.override),
+        tag=args.tag,
     )
 
 

@@ -24,17 +24,9 @@ from duet_plugin.openunlearning.cpu_overrides import train_overrides
 
 
 def undo(demo: Demo, teacher: str, alpha: float, beta: float, args: argparse.Namespace) -> Path:
-    name = f"demo_undo_{teacher}_a{alpha:g}"
-    demo.ou(
-        f"unlearn_{name}",
-        "train",
+    return demo.undo(
+        f"demo_undo_{teacher}_a{alpha:g}",
         [
-            "--config-name=unlearn.yaml",
-            "experiment=unlearn/tofu/undo",
-            f"task_name={name}",
-            *train_overrides(demo.workdir / "saves" / "finetune" / "demo_full"),
-            *demo._common(),
-            f"retain_split={demo.retain_split}",
             f"data.retain.TOFU_QA_retain.args.hf_args.name={args.distill_data}",
             f"trainer.method_args.teacher={demo.workdir / 'saves' / 'unlearn' / f'demo_{teacher}'}",
             f"trainer.method_args.alpha={alpha}",
@@ -50,7 +42,6 @@ def undo(demo: Demo, teacher: str, alpha: float, beta: float, args: argparse.Nam
             "trainer.args.seed=0",
         ],
     )
-    return demo.workdir / "saves" / "unlearn" / name
 
 
 def relearn(demo: Demo, label: str, model: Path, args: argparse.Namespace) -> Path:

@@ -6,8 +6,10 @@ demo keeps them in ``logs/*.log`` and the reproduction grid in ``<run>/reproduce
 
     python scripts/loss_terms.py RUN/reproduce_train.log [-o terms.md] [--plot terms.png]
 
-Prints a markdown table (one row per logged step: the step, the total loss, the gradient norm and every term) and
-optionally draws the terms against the step on a log scale.
+Prints a markdown table (one row per logged step: the step, the total loss, the gradient norm and every term), then
+each term's share of the loss (its weight x term / scale over the sum of those), and optionally draws the terms
+against the step on a log scale. The weights are read from the run's ``.hydra/config.yaml`` next to the log
+(BiDistill's ``w_pull``, ``w_push`` and ``stream_weights``); without one every logged term counts with weight 1.
 """
 
 from __future__ import annotations
@@ -51,6 +53,47 @@ def markdown(rows: list[dict[str, float]], logging_steps: int = 1) -> str:
     return "\n".join(lines)
 
 
+def run_weights(folder: Path) -> dict[str, float] | None:
+    """``{<stream>_<direction>: weight}`` from the BiDistill run's ``.hydra/config.yaml`` in ``folder`` (None
+    when there is none)."""
+    config = folder / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    from duet_plugin.core.bidistill import DIRECTIONS, parse_stream_weights
+
+    args = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("method_args") or {}
+    scale = {"pull": float(args.get("w_pull", 1.0)), "push": float(args.get("w_push", 1.0))}
+    streams = parse_stream_weights(args.get("stream_weights"))
+    return {f"{s}_{d}": scale[d] * w[d] for s, w in streams.items() for d in DIRECTIONS}
+
+
+def shares(rows: list[dict[str, float]], weights: dict[str, float] | None = None) -> list[dict[str, float]]:
+    """Per logged step, each term's share of the loss: weight x term / scale over the sum of those (a term with
+    no weight in ``weights`` counts with weight 1)."""
+    terms = [k for k in term_keys(rows) if "/scale_" not in k]
+    out = []
+    for r in rows:
+        parts = {}
+        for key in (k for k in terms if k in r):
+            prefix, name = key.split("/", 1)
+            scale = r.get(f"{prefix}/scale_{name}", 1.0)
+            parts[name] = (weights or {}).get(name, 1.0) * r[key] / scale
+        total = sum(parts.values())
+        out.append({"step": r["step"], **{k: v / total if total else 0.0 for k, v in parts.items()}})
+    return out
+
+
+def shares_markdown(rows: list[dict[str, float]], logging_steps: int = 1) -> str:
+    names = list(dict.fromkeys(k for r in rows for k in r if k != "step"))
+    lines = ["| step | " + " | ".join(f"{n} share" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for r in rows:
+        cells = [f"{int(r['step']) * logging_steps}", *(f"{100 * r[n]:.0f}%" if n in r else "" for n in names)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict[str, float]], path: Path, title: str, logging_steps: int = 1) -> None:
     import matplotlib
 
@@ -80,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     if not rows or not term_keys(rows):
         print(f"{args.log}: no log line with a plugin trainer's terms (<method>/<term>).", file=sys.stderr)
         return 1
+    weights = run_weights(args.log.parent)
     table = markdown(rows, args.logging_steps)
+    source = "the run's .hydra/config.yaml" if weights else "none found: 1 for every term"
+    table += f"\n\nEach term's share of the loss (weight x term / scale; weights from {source}):\n\n" + shares_markdown(
+        shares(rows, weights), args.logging_steps
+    )
     print(table)
     if args.output:
         args.output.write_text(table + "\n")

@@ -319,7 +319,6 @@ def main() -> None:
     at: str | int = args.at if args.at == "worst" else int(args.at)
 
     from duet_plugin.demo.pipeline import Demo
-    from duet_plugin.openunlearning.cpu_overrides import train_overrides
 
     demo = Demo(args.workdir, ou_root=args.ou_root, existing=True, threads=args.threads)
     w, threads = demo.workdir, demo.threads
@@ -356,21 +355,7 @@ def main() -> None:
         if undo_done(model, steps):
             demo.say(f"      {name}: trained already, skipped")
             return model
-        demo.ou(
-            f"unlearn_{name}",
-            "train",
-            [
-                "--config-name=unlearn.yaml",
-                "experiment=unlearn/tofu/undo",
-                f"task_name={name}",
-                *train_overrides(ft_model),
-                *demo._common(),
-                f"retain_split={demo.retain_split}",
-                *undo_overrides(teacher_dir, alpha, steps, args),
-            ],
-            threads=threads,
-        )
-        return model
+        return demo.undo(name, undo_overrides(teacher_dir, alpha, steps, args), threads=threads)
 
     evals = w / "saves" / "eval" / "undo_curve"
     oracle_dir = w / "saves" / "finetune" / "demo_retain"

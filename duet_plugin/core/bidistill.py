@@ -48,7 +48,7 @@ DIRECTIONS = ("pull", "push")
 #: What the student is aligned with after a prefill: the steered teacher's response start (``restart``: the teacher
 #: sees the bare question) or the teacher continuing the same forced start (``continue``).
 PREFILL_TARGETS = ("restart", "continue")
-BALANCES = ("start", "none")
+BALANCES = ("start", "each", "none")
 #: Terms whose first values average below this are left unscaled.
 MIN_SCALE = 1e-6
 
@@ -108,11 +108,19 @@ class BiDistillConfig(SteeredTeacherConfig):
     )
     balance: str = option(
         "start",
-        help="How the (stream, direction) terms are put on one scale before the weights apply. start: a term whose "
-        "value at the first step (mean over processes) is above the mean of all terms' first values is divided by "
-        "its ratio to that mean (logged as bidistill/scale_<term>), so no term starts larger than the average times "
-        "its weight (with a raw-logit distance a real vocabulary makes the prefilled adversarial pull 20-40x the "
-        "others) and none is amplified | none: the raw weighted sum.",
+        help="How the (stream, direction) terms are put on one scale before the weights apply, fixed at the first "
+        "step from each term's value there (mean over processes; logged as bidistill/scale_<term>). start: a term "
+        "above the mean of the first values is divided down to that mean; smaller terms keep their size (with a "
+        "raw-logit distance a real vocabulary makes the prefilled adversarial pull 20-40x the others) | each: every "
+        "term is divided down or up to that mean, so each starts at the mean times its weight and the weights are "
+        "the terms' shares of the first loss; a term below balance_floor x the mean is amplified by at most "
+        "1/balance_floor | none: the raw weighted sum.",
+    )
+    balance_floor: float = option(
+        0.1,
+        help="balance: each: a term that starts below this fraction of the mean of the first values is divided by "
+        "the fraction, not by its own value (a term that starts near zero, such as the retain pull when the prefix "
+        "leaves retain answers alone, would otherwise be multiplied by hundreds). In (0, 1]; 1 is balance: start.",
     )
     prefill_target: str = option(
         "restart",
@@ -141,6 +149,8 @@ class BiDistillConfig(SteeredTeacherConfig):
                 raise OptionError(name, f"must be positive, got {getattr(self, name)!r}.")
         one_of("prefill_target", self.prefill_target, PREFILL_TARGETS)
         one_of("balance", self.balance, BALANCES)
+        if not 0 < self.balance_floor <= 1:
+            raise OptionError("balance_floor", f"must be in (0, 1], got {self.balance_floor!r}.")
         self.stream_weights = parse_stream_weights(self.stream_weights)
 
     @property
@@ -174,14 +184,17 @@ class BiDistillConfig(SteeredTeacherConfig):
 
 
 class TermScales:
-    """``balance: start``: what each term is divided by for the whole run, fixed at the first step: its first value
-    (mean over processes) where that is above the mean of all the terms' first values, else that mean. A term that
-    starts larger than the average is brought down to it (the prefilled adversarial pull on a real vocabulary), and
-    none is amplified (dividing a term that starts near zero by its own value would multiply its gradient by
-    hundreds). Every process must call :meth:`of` with the same terms at the same step (they do: the terms follow
-    the weights, not the data)."""
+    """What each term is divided by for the whole run, fixed at the first step from its first value ``v`` (mean
+    over processes) and the mean ``m`` of all the first values: ``max(v, floor * m) / m``. Every term that starts
+    at or above ``floor * m`` therefore starts at ``m``; a smaller one is multiplied by ``1 / floor`` at most.
+    ``floor = 1`` is ``balance: start`` (large terms brought down to the mean, none amplified); ``floor < 1`` is
+    ``balance: each`` (the weights are the terms' shares of the first loss). Every process must call :meth:`of`
+    with the same terms at the same step (they do: the terms follow the weights, not the data)."""
 
-    def __init__(self) -> None:
+    def __init__(self, floor: float = 1.0) -> None:
+        if not 0 < floor <= 1:
+            raise ValueError(f"TermScales' floor must be in (0, 1], got {floor!r}.")
+        self.floor = floor
         self.values: dict[str, float] = {}
 
     def of(self, terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -189,13 +202,22 @@ class TermScales:
             keys = list(terms)
             firsts = mean_over_ranks(torch.stack([terms[k].detach().float() for k in keys])).tolist()
             mean = sum(firsts) / len(firsts)
-            floor = mean if mean > MIN_SCALE else 1.0
-            self.values = {k: max(v, floor) / floor for k, v in zip(keys, firsts, strict=True)}
+            if mean > MIN_SCALE:
+                self.values = {k: max(v, self.floor * mean) / mean for k, v in zip(keys, firsts, strict=True)}
+            else:
+                self.values = dict.fromkeys(keys, 1.0)
         missing = sorted(set(terms) - set(self.values))
         if missing:
-            raise ValueError(f"BiDistill term(s) {missing} appeared after the first step; balance: start fixes the "
-                             f"terms there ({sorted(self.values)}). Use balance: none.")  # fmt: skip
+            raise ValueError(f"BiDistill term(s) {missing} appeared after the first step; balance fixes the terms "
+                             f"there ({sorted(self.values)}). Use balance: none.")  # fmt: skip
         return {k: self.values[k] for k in terms}
+
+    @classmethod
+    def for_config(cls, cfg: BiDistillConfig) -> TermScales | None:
+        """The scales ``cfg.balance`` asks for, or None for ``balance: none``."""
+        if cfg.balance == "none":
+            return None
+        return cls(1.0 if cfg.balance == "start" else cfg.balance_floor)
 
 
 def bidistill_loss(
@@ -210,8 +232,8 @@ def bidistill_loss(
     prefix_caches: PrefixCaches | None = None,
     scales: TermScales | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted sum over streams and directions, each term divided by its scale in ``scales`` when ``balance``
-    is ``start`` (:class:`TermScales`; a fresh one when none is given). Targets come from ``teacher``
+    """The weighted sum over streams and directions, each term divided by its scale in ``scales`` unless ``balance``
+    is ``none`` (:class:`TermScales`; a fresh one for ``cfg`` when none is given). Targets come from ``teacher``
     (online: full vocabulary) or ``store`` (precomputed K'). Returns the loss and each ``<stream>_<direction>``
     term (unweighted, unscaled) for logging, with ``scale_<term>`` where balanced."""
     if (teacher is None) == (store is None):
@@ -237,8 +259,8 @@ def bidistill_loss(
         raise ValueError(f"No stream with a non-zero weight in the batch (streams: {sorted(streams)}).")
     parts = {key: term.detach().item() for key, (_, term) in terms.items()}
     divide = {key: 1.0 for key in terms}
-    if cfg.balance == "start":
-        divide = (scales or TermScales()).of({key: term for key, (_, term) in terms.items()})
+    if cfg.balance != "none":
+        divide = (scales or TermScales.for_config(cfg)).of({key: term for key, (_, term) in terms.items()})
         parts.update({f"scale_{key}": value for key, value in divide.items()})
     loss = sum(w * term / divide[key] for key, (w, term) in terms.items())
     return loss, parts

@@ -596,6 +596,21 @@ class Demo:
         self.ou(f"unlearn_{method}", "train", ["--config-name=unlearn.yaml", *args], threads=threads)
         return self.workdir / "saves" / "unlearn" / f"demo_{method}"
 
+    def undo(self, name: str, overrides: Sequence[str], threads: int = 1) -> Path:
+        """UNDO (``experiment=unlearn/tofu/undo``) from the fine-tuned model as run ``name``; ``overrides`` give
+        the teacher, alpha, data and schedule (``scripts/undo_curve.py``, ``scripts/demo_undo_relearn.py``)."""
+        args = [
+            "--config-name=unlearn.yaml",
+            "experiment=unlearn/tofu/undo",
+            f"task_name={name}",
+            *train_overrides(self.workdir / "saves" / "finetune" / "demo_full"),
+            *self._common(),
+            f"retain_split={self.retain_split}",
+            *overrides,
+        ]
+        self.ou(f"unlearn_{name}", "train", args, threads=threads)
+        return self.workdir / "saves" / "unlearn" / name
+
     @staticmethod
     def row(label: str, eval_path: Path) -> ModelRow:
         summary = json.loads((eval_path.parent / "TOFU_SUMMARY.json").read_text())

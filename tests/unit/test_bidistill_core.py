@@ -187,6 +187,38 @@ def test_balance_start_brings_large_terms_down_to_the_mean_and_amplifies_none(
     assert float(later.detach()) == pytest.approx(sum(weight[k] * raw[k] / expected_scale[k] for k in first), rel=1e-5)
 
 
+def test_balance_each_starts_every_term_at_the_mean_so_weights_are_shares(
+    student, tiny_model, collator, streams, tokenizer
+):
+    """balance: each divides every term by its own first value over the mean (floored at balance_floor x the mean):
+    at the first step each term above the floor contributes the mean times its weight, so a term's share of the
+    loss is its weight's share; a term below the floor is amplified by 1/balance_floor at most."""
+    batches = _batches(collator, streams)
+    weights = {"adversarial": {"push": 3.0}, "boundary": {"pull": 0.5}}
+    raw_cfg = BiDistillConfig(teacher_mode="online", stream_weights=weights, balance="none")
+    _, first = _loss(student, tiny_model, collator, batches, raw_cfg, tokenizer)
+    mean = sum(first.values()) / len(first)
+    lowest, second = sorted(first.values())[:2]
+    assert max(first.values()) / mean > 1.5 and second < mean  # the terms differ: the test can tell the modes apart
+    floor = (lowest + second) / 2 / mean  # one term below the floor, the others above
+    cfg = BiDistillConfig(teacher_mode="online", stream_weights=weights, balance="each", balance_floor=floor)
+    loss, parts = _loss(student, tiny_model, collator, batches, cfg, tokenizer, scales=TermScales.for_config(cfg))
+    weight = {k: cfg.weight(*k.rsplit("_", 1)) for k in first}
+    share = {k: weight[k] * first[k] / (parts[f"scale_{k}"] * float(loss.detach())) for k in first}
+    above = [k for k in first if first[k] >= floor * mean]
+    below = [k for k in first if first[k] < floor * mean]
+    assert above and below
+    for k in above:  # each starts at the mean: share = weight's share of the first loss
+        assert first[k] / parts[f"scale_{k}"] == pytest.approx(mean, rel=1e-5)
+    for k in below:  # amplified by exactly 1/floor, so it still starts below the mean
+        assert parts[f"scale_{k}"] == pytest.approx(floor, rel=1e-6)
+        assert first[k] / parts[f"scale_{k}"] < mean
+    expected_loss = sum(weight[k] * mean for k in above) + sum(weight[k] * first[k] / floor for k in below)
+    assert float(loss.detach()) == pytest.approx(expected_loss, rel=1e-5)
+    ratio = {k: share[k] / weight[k] for k in above}
+    assert max(ratio.values()) == pytest.approx(min(ratio.values()), rel=1e-5)  # a term's share is its weight's
+
+
 def test_term_scales_edge_cases() -> None:
     scales = TermScales()
     assert scales.of({"a": torch.tensor(0.0), "b": torch.tensor(4.0)}) == {"a": 1.0, "b": 2.0}  # mean 2: b halved
@@ -194,6 +226,16 @@ def test_term_scales_edge_cases() -> None:
     with pytest.raises(ValueError, match=r"\['c'\] appeared after the first step"):
         scales.of({"c": torch.tensor(1.0)})
     assert TermScales().of({"a": torch.tensor(0.0), "b": torch.tensor(0.0)}) == {"a": 1.0, "b": 1.0}
+    each = TermScales(floor=0.25)  # mean 4: a (8) halved, b (4) kept, c (0) divided by the floor, not by zero
+    assert each.of({"a": torch.tensor(8.0), "b": torch.tensor(4.0), "c": torch.tensor(0.0)}) == {
+        "a": 2.0, "b": 1.0, "c": 0.25
+    }  # fmt: skip
+    assert TermScales.for_config(BiDistillConfig(balance="none")) is None
+    assert TermScales.for_config(BiDistillConfig()).floor == 1.0
+    assert TermScales.for_config(BiDistillConfig(balance="each", balance_floor=0.2)).floor == 0.2
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="balance_floor"):
+            BiDistillConfig(balance="each", balance_floor=bad)
     assert BiDistillConfig().as_duet().balance == "none"
     with pytest.raises(ValueError, match="balance"):
         BiDistillConfig(balance="running")

@@ -168,6 +168,24 @@ def test_evaluation_recomputes_metrics_in_a_reused_folder(tmp_path, monkeypatch)
     assert "eval.tofu.overwrite=true" in calls[0]
 
 
+def test_undo_runs_from_the_fine_tuned_model_with_the_callers_overrides(tmp_path, monkeypatch) -> None:
+    """Demo.undo (the UNDO scripts' shared command): OU's UNDO experiment from the demo's fine-tuned model, on the
+    demo's splits, the caller's overrides last (so they win), the run's folder returned."""
+    monkeypatch.setattr("duet_plugin.demo.pipeline.find_ou_root", lambda root: tmp_path)
+    demo = Demo(tmp_path / "run")
+    calls = []
+    monkeypatch.setattr(demo, "ou", lambda name, script, args, cwd=None, threads=1: calls.append((name, script, args)))
+    out = demo.undo("demo_undo_x", ["trainer.method_args.alpha=0.9", "trainer.args.seed=4"], threads=2)
+    assert out == tmp_path / "run" / "saves" / "unlearn" / "demo_undo_x"
+    name, script, args = calls[0]
+    assert (name, script) == ("unlearn_demo_undo_x", "train")
+    assert args[:3] == ["--config-name=unlearn.yaml", "experiment=unlearn/tofu/undo", "task_name=demo_undo_x"]
+    model = tmp_path / "run" / "saves" / "finetune" / "demo_full"
+    assert f"model.model_args.pretrained_model_name_or_path={model}" in args
+    assert f"retain_split={demo.retain_split}" in args and f"forget_split={demo.settings.forget_split}" in args
+    assert args[-2:] == ["trainer.method_args.alpha=0.9", "trainer.args.seed=4"]
+
+
 def test_a_stopping_demo_kills_the_running_ou_job(tmp_path) -> None:
     """When one job fails or the user presses Ctrl-C, the OU run still going in the other worker is stopped."""
     import io

@@ -283,6 +283,48 @@ def test_a_pretrained_models_demo_settings_shape_the_cpu_grid(ou_root, demo_dir,
     assert arg(undo, "trainer.method_args.recovery_eval_steps") == str(smol.recovery_steps // 20)
 
 
+def test_a_variant_overrides_training_under_its_own_run_names(ou_root, demo_dir, tmp_path, capsys) -> None:
+    """--override/--tag: each override replaces the grid's own value of its key in every training command (given
+    once), the trained runs are named <label>-TAG (UNDO included, its teacher the variant's own), and the untrained
+    references keep their names, so a variant never overwrites or reuses the grid's runs."""
+    demo = rp.load_demo_context(demo_dir, threads=1)
+    kw = dict(profile="cpu", demo=demo, python=sys.executable, splits=["forget05"], methods=["DUET", "UNDO", "NPO"])
+    plain = grid("tofu", ou_root, tmp_path, **kw)
+    overrides = ("trainer.args.seed=3", "+trainer.method_args.extra=1")
+    g = grid("tofu", ou_root, tmp_path, overrides=overrides, tag="s3", undo_teachers=("DUET",), **kw)
+    trains = by_run(g, "train")
+    differ = ("task_name", "paths", "trainer.method_args.teacher")  # the run's names, UNDO's teacher (below)
+    assert sorted(trains) == [
+        "tofu_demo_forget05_DUET-s3",
+        "tofu_demo_forget05_NPO-s3",
+        "tofu_demo_forget05_UNDO-DUET-s3",
+    ]
+    for name, step in trains.items():
+        assert arg(step, "trainer.args.seed") == "3"
+        assert "+trainer.method_args.extra=1" in step.argv
+        assert arg(step, "paths.output_dir") == str(tmp_path / "out" / name)  # still last: the run's own folder
+        base = by_run(plain, "train")[name.removesuffix("-s3")]
+        assert arg(base, "trainer.args.seed") == "0"
+        assert [a for a in step.argv if not a.startswith(("trainer.args.seed", "+trainer", *differ))] == [
+            a for a in base.argv if not a.startswith(("trainer.args.seed", *differ))
+        ]  # nothing else differs
+    assert arg(trains["tofu_demo_forget05_UNDO-DUET-s3"], "trainer.method_args.teacher") == str(
+        tmp_path / "out" / "tofu_demo_forget05_DUET-s3"
+    )
+    evaluated = {s.run for s in g.steps if s.kind != "train"}
+    assert {"tofu_demo_forget05_original", "tofu_demo_forget05_retain-only", "tofu_demo_forget05_NPO-s3"} <= evaluated
+    assert not any(r.endswith(("_NPO", "_DUET", "_UNDO-DUET")) for r in evaluated)
+    args = ["--ou-root", str(ou_root), "--profile", "cpu", "--demo-workdir", str(demo_dir), "--dry-run"]
+    for extra, message in (
+        (["--override", "trainer.args.seed=1"], "needs --tag"),
+        (["--tag", "x"], "no --override"),
+        (["--override", "trainer.args.seed=1", "--tag", "a/b"], "letters, digits"),
+        (["--override", "trainer.args.seed", "--tag", "x"], "not a Hydra override"),
+    ):
+        assert rp.main("tofu", [*args, *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_cpu_profile_errors(ou_root, demo_dir, tmp_path, capsys) -> None:
     # MUSE's privleak needs the demo's retain-only model, which this stand-in lacks.
     assert rp.main("muse", ["--ou-root", str(ou_root), "--profile", "cpu", "--demo-workdir", str(demo_dir)]) == 2

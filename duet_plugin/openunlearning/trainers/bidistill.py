@@ -23,7 +23,7 @@ class BiDistill(SteeredTeacherTrainer):
 
     def setup(self) -> None:
         super().setup()
-        self.term_scales = TermScales()  # balance: start (each term's first value, for the whole run)
+        self.term_scales = TermScales.for_config(self.cfg)  # fixed at the first step, for the whole run
 
     def compute_loss(
         self,
