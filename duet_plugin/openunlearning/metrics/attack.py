@@ -122,7 +122,11 @@ class AttackMetric(UnlearningMetric):
                 example = first["input"]
         return values, refusals, example
 
-    def evaluate(self, model: Any, metric_name: str, cache: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def arguments(
+        self, metric_name: str, kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool, dict[str, Any], dict[str, Any]]:
+        """What OU passes, checked before any compute: the children, ``higher_is_worse``, this metric's options
+        (defaults filled in; an unknown one is refused) and the evaluator's shared arguments."""
         children = dict(kwargs.pop("pre_compute", None) or {})
         if not children:
             raise ValueError(
@@ -135,7 +139,10 @@ class AttackMetric(UnlearningMetric):
         if unknown:
             raise ValueError(f"{metric_name}: unknown option(s) {unknown}; {self.name} takes {sorted(self.OPTIONS)}.")
         self.check(metric_name, children, **options)
-        shared = {k: kwargs[k] for k in SHARED_KWARGS if k in kwargs}
+        return children, higher_is_worse, options, {k: kwargs[k] for k in SHARED_KWARGS if k in kwargs}
+
+    def evaluate(self, model: Any, metric_name: str, cache: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        children, higher_is_worse, options, shared = self.arguments(metric_name, kwargs)
         unattacked, unattacked_refusals, _ = self._measure(model, children, shared, cache)
         by_attack: dict[str, dict[str, float | None]] = {}
         refusals: dict[str, dict[str, float]] = {}

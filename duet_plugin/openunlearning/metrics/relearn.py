@@ -58,7 +58,7 @@ from duet_plugin.core.attacks.relearn import (
     relearn_curves,
     worst_point,
 )
-from duet_plugin.openunlearning.metrics.attack import SHARED_KWARGS, AttackMetric
+from duet_plugin.openunlearning.metrics.attack import AttackMetric
 from duet_plugin.openunlearning.metrics.heldout import check_partition, concept_labels, index_field, subset_mean
 
 logger = logging.getLogger(__name__)
@@ -151,19 +151,7 @@ class RelearnAttack(AttackMetric):
     # -- the run ---------------------------------------------------------------------------------------------
 
     def evaluate(self, model: Any, metric_name: str, cache: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        children = dict(kwargs.pop("pre_compute", None) or {})
-        if not children:
-            raise ValueError(
-                f"{metric_name}: no metric to re-measure. Add one under pre_compute, e.g. "
-                f"defaults: [.@pre_compute.forget_Q_A_ROUGE: forget_Q_A_ROUGE] (see the plugin's {self.name}.yaml)."
-            )
-        higher_is_worse = bool(kwargs.pop("higher_is_worse", True))
-        options = {k: kwargs.pop(k, default) for k, default in self.OPTIONS.items()}
-        unknown = sorted(set(kwargs) - set(SHARED_KWARGS) - {"handler"})
-        if unknown:
-            raise ValueError(f"{metric_name}: unknown option(s) {unknown}; {self.name} takes {sorted(self.OPTIONS)}.")
-        self.check(metric_name, children, **options)
-        shared = {k: kwargs[k] for k in SHARED_KWARGS if k in kwargs}
+        children, higher_is_worse, options, shared = self.arguments(metric_name, kwargs)
         reference_logs = self._reference_logs(metric_name, options)
         if reference_logs is not None:  # before any compute: settings that do not need the data
             self._check_reference(metric_name, self._settings(options), reference_logs, options["reference_logs_path"])
