@@ -7,7 +7,10 @@ distance, and next to them what drives a raw-logit distance on a real vocabulary
 
 * the mean logit level of the teacher's top-K at the aligned position and of the student at the same indices:
   softmax ignores a shift of every logit, a raw-logit distance does not;
-* the distance after centring both sides (each position's K values minus their mean): what is left is the shape.
+* the distance after centring both sides (each position's K values minus their mean): what is left is the shape;
+* the norm of each term's gradient with respect to the model's weights (``--grad``): what an optimiser step sees.
+  A Huber term in its linear regime has a gradient of at most 1 per logit however large its value, so a term's
+  value and its pull on the weights can differ by an order of magnitude.
 
     python scripts/bench_bidistill_balance.py --model MODEL_DIR --forget F.json --retain R.json [--boundary B.json]
 
@@ -17,6 +20,7 @@ Prints one markdown table. Framework-free: no OU checkout is needed.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,6 +54,20 @@ def levels(model, batch, targets, k: int) -> tuple[float, float, float]:
     return t.mean().item(), s.mean().item(), centred.mean().item()
 
 
+def gradient_norm(model, streams, cfg: BiDistillConfig, term: str, vocab: int, pad_id: int, eos) -> float:
+    """The L2 norm over every weight of the gradient of one raw ``<stream>_<direction>`` term (online teacher)."""
+    stream, direction = term.rsplit("_", 1)
+    weights = {s: {"pull": 0.0, "push": 0.0} for s in streams}
+    weights[stream][direction] = 1.0
+    only = replace(cfg, stream_weights=weights, w_pull=1.0, w_push=1.0, balance="none")
+    model.zero_grad(set_to_none=True)
+    loss, _ = bidistill_loss(model, {stream: streams[stream]}, only, vocab, pad_id, eos, teacher=model)
+    loss.backward()
+    norm = torch.sqrt(sum(p.grad.float().pow(2).sum() for p in model.parameters() if p.grad is not None)).item()
+    model.zero_grad(set_to_none=True)
+    return norm
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path)
@@ -60,6 +78,7 @@ def main() -> None:
     parser.add_argument("--placement", default="auto")
     parser.add_argument("--prefill-words", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--max-records", type=int, default=16, help="per stream; adversarial: 2 per forget record")
+    parser.add_argument("--grad", action="store_true", help="also each term's gradient norm over the weights (Huber)")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,16 +99,21 @@ def main() -> None:
     )
     rows = {}
     for distance in ("huber", "kl"):
-        cfg = BiDistillConfig(distance=distance, teacher_mode="online")
-        _, parts = bidistill_loss(model, streams, cfg, vocab, collator.pad_id, eos, teacher=model)
+        cfg = BiDistillConfig(distance=distance, teacher_mode="online", balance="none")
+        with torch.no_grad():
+            _, parts = bidistill_loss(model, streams, cfg, vocab, collator.pad_id, eos, teacher=model)
         for key, value in parts.items():
             rows.setdefault(key, {})[distance] = value
-    cfg = BiDistillConfig(teacher_mode="online")
+    cfg = BiDistillConfig(teacher_mode="online", balance="none")
+    if args.grad:
+        for key in rows:
+            rows[key]["grad"] = gradient_norm(model, streams, cfg, key, vocab, collator.pad_id, eos)
+    grad_head = " | Huber's gradient norm over the weights" if args.grad else ""
     print(
         "| stream | term | Huber (raw logits, the default) | Huber, logits centred | KL (top-K + tail) "
-        "| teacher top-K mean logit | student mean logit there |"
+        f"| teacher top-K mean logit | student mean logit there{grad_head} |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|" + ("---|" if args.grad else ""))
     for stream, batch in streams.items():
         targets, batch = stream_targets(stream, batch, cfg.target_config(vocab), collator.pad_id, eos, teacher=model)
         t_level, s_level, centred = levels(model, batch, targets, cfg.top_k)
@@ -98,9 +122,10 @@ def main() -> None:
             if key not in rows:
                 continue
             cell = f"{centred:.3f}" if direction == "pull" else "-"
+            grad = f" {rows[key]['grad']:.2f} |" if args.grad else ""
             print(
                 f"| {stream} | {direction} | {rows[key]['huber']:.3f} | {cell} | {rows[key]['kl']:.3f} "
-                f"| {t_level:.2f} | {s_level:.2f} |"
+                f"| {t_level:.2f} | {s_level:.2f} |{grad}"
             )
 
 

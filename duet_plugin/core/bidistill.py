@@ -48,7 +48,7 @@ DIRECTIONS = ("pull", "push")
 #: What the student is aligned with after a prefill: the steered teacher's response start (``restart``: the teacher
 #: sees the bare question) or the teacher continuing the same forced start (``continue``).
 PREFILL_TARGETS = ("restart", "continue")
-BALANCES = ("start", "each", "none")
+BALANCES = ("start", "grad", "each", "none")
 #: Terms whose first values average below this are left unscaled.
 MIN_SCALE = 1e-6
 
@@ -109,18 +109,20 @@ class BiDistillConfig(SteeredTeacherConfig):
     balance: str = option(
         "start",
         help="How the (stream, direction) terms are put on one scale before the weights apply, fixed at the first "
-        "step from each term's value there (mean over processes; logged as bidistill/scale_<term>). start: a term "
-        "above the mean of the first values is divided down to that mean; smaller terms keep their size (with a "
-        "raw-logit distance a real vocabulary makes the prefilled adversarial pull 20-40x the others) | each: every "
-        "term is divided down or up to that mean, so each starts at the mean times its weight and the weights are "
-        "the terms' shares of the first loss; a term below balance_floor x the mean is amplified by at most "
-        "1/balance_floor | none: the raw weighted sum.",
+        "step (mean over processes; the divisors are logged as bidistill/scale_<term>). start: a term whose value "
+        "is above the mean of the first values is divided down to that mean; smaller terms keep their size (with a "
+        "raw-logit distance a real vocabulary makes the prefilled adversarial pull 20-40x the others) | grad: every "
+        "term is divided by its gradient norm over the trainable weights at the first step, relative to the mean of "
+        "those norms, so each weight is its term's share of the first step's pull on the weights (one extra "
+        "backward pass per term, once; not under DeepSpeed ZeRO-3) | each: the same with the terms' values, so "
+        "each weight is its term's share of the first loss (a value is not a pull: a Huber term in its linear "
+        "regime pulls at most 1 per logit however large it is) | none: the raw weighted sum.",
     )
     balance_floor: float = option(
         0.1,
-        help="balance: each: a term that starts below this fraction of the mean of the first values is divided by "
-        "the fraction, not by its own value (a term that starts near zero, such as the retain pull when the prefix "
-        "leaves retain answers alone, would otherwise be multiplied by hundreds). In (0, 1]; 1 is balance: start.",
+        help="balance: grad and each: a term that starts below this fraction of the mean is divided by the fraction, "
+        "not by its own size (a term that starts near zero, such as the retain pull when the prefix leaves retain "
+        "answers alone, would otherwise be multiplied by hundreds). In (0, 1]; 1 with each is balance: start.",
     )
     prefill_target: str = option(
         "restart",
@@ -184,12 +186,12 @@ class BiDistillConfig(SteeredTeacherConfig):
 
 
 class TermScales:
-    """What each term is divided by for the whole run, fixed at the first step from its first value ``v`` (mean
-    over processes) and the mean ``m`` of all the first values: ``max(v, floor * m) / m``. Every term that starts
-    at or above ``floor * m`` therefore starts at ``m``; a smaller one is multiplied by ``1 / floor`` at most.
-    ``floor = 1`` is ``balance: start`` (large terms brought down to the mean, none amplified); ``floor < 1`` is
-    ``balance: each`` (the weights are the terms' shares of the first loss). Every process must call :meth:`of`
-    with the same terms at the same step (they do: the terms follow the weights, not the data)."""
+    """What each term is divided by for the whole run, fixed at the first step from its size there ``v`` (its value,
+    or for ``balance: grad`` its gradient norm; mean over processes) and the mean ``m`` of all those sizes:
+    ``max(v, floor * m) / m``. Every term at or above ``floor * m`` therefore starts at size ``m``; a smaller one is
+    multiplied by ``1 / floor`` at most. ``floor = 1`` on values is ``balance: start`` (large terms brought down to
+    the mean, none amplified). Every process must call :meth:`of` with the same terms at the same step (they do:
+    the terms follow the weights, not the data)."""
 
     def __init__(self, floor: float = 1.0) -> None:
         if not 0 < floor <= 1:
@@ -218,6 +220,20 @@ class TermScales:
         if cfg.balance == "none":
             return None
         return cls(1.0 if cfg.balance == "start" else cfg.balance_floor)
+
+
+def gradient_norms(model: Any, terms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each term's gradient norm over ``model``'s trainable weights (``balance: grad``): one backward pass per
+    term, keeping the graph for the step's own; nothing is accumulated into ``.grad``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("balance: grad needs trainable weights; the model has none.")
+    norms = {}
+    for key, term in terms.items():
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+        norms[key] = torch.stack(squares).sum().sqrt() if squares else term.new_zeros(())
+    return norms
 
 
 def bidistill_loss(
@@ -260,7 +276,11 @@ def bidistill_loss(
     parts = {key: term.detach().item() for key, (_, term) in terms.items()}
     divide = {key: 1.0 for key in terms}
     if cfg.balance != "none":
-        divide = (scales or TermScales.for_config(cfg)).of({key: term for key, (_, term) in terms.items()})
+        scales = scales or TermScales.for_config(cfg)
+        sizes = {key: term for key, (_, term) in terms.items()}
+        if cfg.balance == "grad" and not scales.values:
+            sizes = gradient_norms(model, sizes)
+        divide = scales.of(sizes)
         parts.update({f"scale_{key}": value for key, value in divide.items()})
     loss = sum(w * term / divide[key] for key, (w, term) in terms.items())
     return loss, parts

@@ -162,6 +162,16 @@ def test_precomputed_full_store_and_online_trainers_agree(ou_imported, workspace
         _trainer(ou_imported, model, tok, ds, tmp_path, chat_args, push_top_k=10**6, store_top_k=None)
     with pytest.raises(ValueError, match=r"Unknown BiDistill option\(s\) \['gamma'\]"):
         _trainer(ou_imported, model, tok, ds, tmp_path, chat_args, gamma=1.0)
+    from accelerate.utils import DeepSpeedPlugin
+    from trainer import TRAINER_REGISTRY
+
+    zero3 = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    zero3.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config={"zero_optimization": {"stage": 3}})
+    with pytest.raises(ValueError, match=r"trainer\.method_args\.balance=grad measures each term's gradient .*ZeRO-3"):
+        TRAINER_REGISTRY["BiDistill"](
+            model=model, args=zero3, train_dataset=None, tokenizer=tok, data_collator=None, evaluators=None,
+            template_args=chat_args, balance="grad",
+        )  # fmt: skip
 
 
 def test_tofu_bidistill_train_then_eval(run_ou, workspace) -> None:

@@ -36,8 +36,8 @@ CASES = {
         },
     ),
     "duet_lora_precomputed": ("DUET", {"top_k": 6, "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}),
-    # pinned before `balance` existed: the raw weighted sum (balance: start divides each term by its first value,
-    # tests/unit/test_bidistill_core.py)
+    # pinned before `balance` existed: the raw weighted sum (balance: each and start divide the terms by scales fixed
+    # at the first step, tests/unit/test_bidistill_core.py)
     "bidistill_precomputed": ("BiDistill", {"top_k": 5, "store_top_k": 64, "balance": "none"}),
     "bidistill_online_bild": (
         "BiDistill",

@@ -219,6 +219,43 @@ def test_balance_each_starts_every_term_at_the_mean_so_weights_are_shares(
     assert max(ratio.values()) == pytest.approx(min(ratio.values()), rel=1e-5)  # a term's share is its weight's
 
 
+def test_balance_grad_gives_every_term_the_same_pull_on_the_weights(student, tiny_model, collator, streams, tokenizer):
+    """balance: grad divides each term by its gradient norm over the weights at the first step (over their mean):
+    after it, every term above the floor pulls on the weights with the same norm, whatever its value; the
+    divisors are kept for the rest of the run and no gradient is left in .grad by the measurement."""
+    from duet_plugin.core.bidistill import gradient_norms
+
+    batches = _batches(collator, streams)
+    raw_cfg = BiDistillConfig(teacher_mode="online", balance="none")
+    cfg = BiDistillConfig(teacher_mode="online", balance="grad", balance_floor=0.01)
+    _, first = _loss(student, tiny_model, collator, batches, raw_cfg, tokenizer)
+    norms = {}
+    for key in first:  # each raw term alone, through the public loss
+        stream, direction = key.rsplit("_", 1)
+        only = {s: {"pull": 0.0, "push": 0.0} for s in streams}
+        only[stream][direction] = 1.0
+        one = BiDistillConfig(teacher_mode="online", balance="none", stream_weights=only)
+        loss, _ = _loss(student, tiny_model, collator, batches, one, tokenizer)
+        norms[key] = gradient_norms(student, {key: loss})[key].item()
+    assert all(p.grad is None for p in student.parameters())  # measured with autograd.grad, not accumulated
+    assert max(norms.values()) / min(norms.values()) > 1.5  # the terms pull differently: the test can tell
+    scales = TermScales.for_config(cfg)
+    loss, parts = _loss(student, tiny_model, collator, batches, cfg, tokenizer, scales=scales)
+    mean = sum(norms.values()) / len(norms)
+    assert {k: parts[f"scale_{k}"] for k in first} == pytest.approx({k: v / mean for k, v in norms.items()}, rel=1e-4)
+    assert all(p.grad is None for p in student.parameters())
+    for key in first:  # each scaled term now pulls with the mean norm
+        stream, direction = key.rsplit("_", 1)
+        only = {s: {"pull": 0.0, "push": 0.0} for s in streams}
+        only[stream][direction] = 1.0
+        one = BiDistillConfig(teacher_mode="online", balance="none", stream_weights=only)
+        term, _ = _loss(student, tiny_model, collator, batches, one, tokenizer)
+        scaled = gradient_norms(student, {key: term / parts[f"scale_{key}"]})[key].item()
+        assert scaled == pytest.approx(mean, rel=1e-4)
+    again, _ = _loss(student, tiny_model, collator, batches, cfg, tokenizer, scales=scales)  # divisors kept
+    assert float(again.detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
 def test_term_scales_edge_cases() -> None:
     scales = TermScales()
     assert scales.of({"a": torch.tensor(0.0), "b": torch.tensor(4.0)}) == {"a": 1.0, "b": 2.0}  # mean 2: b halved

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from duet_plugin.core.bidistill import BiDistillConfig, TermScales, bidistill_loss
+from duet_plugin.core.options import OptionError
+from duet_plugin.openunlearning.trainers.lora_saving import zero3_requested
 from duet_plugin.openunlearning.trainers.steered import SteeredTeacherTrainer
 
 
@@ -20,6 +22,14 @@ class BiDistill(SteeredTeacherTrainer):
 
     config_class = BiDistillConfig
     log_prefix = "bidistill"
+
+    def prepare(self, kwargs: dict[str, Any]) -> None:
+        if self.cfg.balance == "grad" and zero3_requested(kwargs.get("args")):  # before anything is loaded
+            raise OptionError(
+                "balance", "=grad measures each term's gradient over the weights, which ZeRO-3 partitions across "
+                "processes; use balance: start (or ZeRO-2 / one process)."
+            )  # fmt: skip
+        super().prepare(kwargs)
 
     def setup(self) -> None:
         super().setup()
