@@ -1290,7 +1290,10 @@ def parser(benchmark: str) -> argparse.ArgumentParser:
         help="Hydra overrides for every training command, in place of the grid's own value of the same key "
         "(e.g. trainer.method_args.balance=none trainer.args.seed=1); needs --tag",
     )
-    p.add_argument("--tag", help="names a variant's runs <method>-TAG (with --override); evaluations are the grid's")
+    p.add_argument(
+        "--tag", help="names a variant's trained runs <method>-TAG (with --override); the original and retain-only "
+        "evaluations are shared with the grid"
+    )  # fmt: skip
     return p
 
 
