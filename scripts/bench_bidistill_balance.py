@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss
+from duet_plugin.core.bidistill import BiDistillConfig, bidistill_loss, gradient_norms
 from duet_plugin.core.collate import TeacherStudentCollator, gather_positions
 from duet_plugin.core.converters import convert_qa, prefilled_records
 from duet_plugin.core.teacher import PrefixSpec, concepts_from_records
@@ -55,17 +55,14 @@ def levels(model, batch, targets, k: int) -> tuple[float, float, float]:
 
 
 def gradient_norm(model, streams, cfg: BiDistillConfig, term: str, vocab: int, pad_id: int, eos) -> float:
-    """The L2 norm over every weight of the gradient of one raw ``<stream>_<direction>`` term (online teacher)."""
+    """The gradient norm over the weights of one raw ``<stream>_<direction>`` term (online teacher), as
+    ``balance: grad`` measures it (``core.bidistill.gradient_norms``)."""
     stream, direction = term.rsplit("_", 1)
     weights = {s: {"pull": 0.0, "push": 0.0} for s in streams}
     weights[stream][direction] = 1.0
     only = replace(cfg, stream_weights=weights, w_pull=1.0, w_push=1.0, balance="none")
-    model.zero_grad(set_to_none=True)
     loss, _ = bidistill_loss(model, {stream: streams[stream]}, only, vocab, pad_id, eos, teacher=model)
-    loss.backward()
-    norm = torch.sqrt(sum(p.grad.float().pow(2).sum() for p in model.parameters() if p.grad is not None)).item()
-    model.zero_grad(set_to_none=True)
-    return norm
+    return gradient_norms(model, {term: loss})[term].item()
 
 
 def main() -> None:
