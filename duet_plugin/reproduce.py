@@ -81,6 +81,19 @@ NO_TRAIN_EVAL = ("trainer.args.eval_strategy=no", "trainer.args.eval_on_start=fa
 TOFU_ATTACKS = ("relearn_attack", "prompt_attack", "prefill_attack", "quantization_attack")
 #: Robustness metrics of eval/tofu/robustness that split the forget authors (partition_by: concept).
 TOFU_PARTITIONED = ("directional_ablation", "embedding_attack")
+#: The metrics of each benchmark's robustness experiment (configs/experiment/eval/<benchmark>/robustness.yaml; on
+#: WMDP the attacks of configs/eval/lm_eval_robust.yaml), under :data:`ROBUSTNESS_NODES`; ``--robustness-without``
+#: leaves any of them out.
+ROBUSTNESS_METRICS = {
+    "tofu": (
+        *TOFU_ATTACKS, "over_refusal", "performance_shift", "logit_lens", "directional_ablation", "embedding_attack"
+    ),
+    "muse": (*TOFU_ATTACKS, "over_refusal", "performance_shift", "logit_lens", "directional_ablation"),
+    "wmdp": ("relearn", "quantization"),
+}  # fmt: skip
+ROBUSTNESS_NODES = {"tofu": "eval.tofu.metrics", "muse": "eval.muse.metrics", "wmdp": "eval.lm_eval.attacks"}
+#: Robustness metrics the CPU profile adds to the experiment's (see :func:`_heldout_relearn_args`).
+CPU_ROBUSTNESS_EXTRA = {"tofu": ("relearn_heldout",), "muse": (), "wmdp": ()}
 #: The OU model config of the CPU profile: its chat template settings fit the demo model's ChatML tokenizer (the
 #: demo model learnt its facts as chat turns; Llama-2-7b-hf's "Question: ... Answer:" tags would be new to it).
 CPU_MODEL = "Llama-3.2-1B-Instruct"
@@ -754,6 +767,8 @@ class GridOptions:
     #: that names the variant's runs (``<method>-<tag>``) so that they never overwrite the grid's own.
     overrides: tuple[str, ...] = ()
     tag: str | None = None
+    #: Robustness metrics (:func:`robustness_metrics`) to leave out of every robustness evaluation.
+    robustness_without: tuple[str, ...] = ()
 
 
 class _Runs:
@@ -948,6 +963,25 @@ def check_variant(overrides: Sequence[str], tag: str | None) -> None:
             raise ValueError(f"--override {o!r} is not a Hydra override: write key=value (or ~key to delete).")
 
 
+def robustness_metrics(benchmark: str, profile: str) -> tuple[str, ...]:
+    """The metrics of a grid's robustness evaluations: the experiment's, and on the CPU the profile's additions."""
+    return ROBUSTNESS_METRICS[benchmark] + (CPU_ROBUSTNESS_EXTRA[benchmark] if profile == "cpu" else ())
+
+
+def without_metrics(args: Sequence[str], benchmark: str, names: Sequence[str]) -> list[str]:
+    """A robustness evaluation's ``args`` without the metrics ``names``: every argument that adds or sets one is
+    dropped, and the experiment's own are deleted (``~node``; an lm-eval attack: ``node=null``)."""
+    nodes = [f"{ROBUSTNESS_NODES[benchmark]}.{name}" for name in names]
+
+    def sets_one(arg: str) -> bool:
+        key = _override_key(arg).rpartition("@")[2]
+        return any(key == node or key.startswith(f"{node}.") for node in nodes)
+
+    kept = [a for a in args if a.startswith("--") or not sets_one(a)]
+    own = [node for node, name in zip(nodes, names, strict=True) if name in ROBUSTNESS_METRICS[benchmark]]
+    return kept + [f"{node}=null" if benchmark == "wmdp" else f"~{node}" for node in own]
+
+
 class _GridBuilder:
     """Builds one grid (see :func:`build_grid`): per split, the original model's evaluation, then every method's
     training and evaluation, robustifiers once per teacher after the methods they start from."""
@@ -1038,6 +1072,8 @@ class _GridBuilder:
             args += _CPU_EVAL[self.benchmark](self.options, robustness)
         else:
             args.append(f"model.model_args.pretrained_model_name_or_path={model}")
+        if robustness and self.options.robustness_without:
+            args = without_metrics(args, self.benchmark, self.options.robustness_without)
         logs = self.runs.retain_logs(split) if retain_logs else None
         if logs is not None:
             args.append(f"retain_logs_path={logs}")
@@ -1177,6 +1213,13 @@ def build_grid(options: GridOptions) -> Grid:
     if options.num_gpus < 1:
         raise ValueError(f"--num-gpus must be at least 1, got {options.num_gpus}.")
     check_variant(options.overrides, options.tag)
+    known = robustness_metrics(options.benchmark, options.profile)
+    unknown = [name for name in options.robustness_without if name not in known]
+    if unknown:
+        raise ValueError(
+            f"--robustness-without {' '.join(unknown)}: not a robustness metric of the {options.benchmark} grid "
+            f"(--profile {options.profile}); choose from {', '.join(known)}."
+        )
     dirs = options.trainer_config_dirs
     methods = resolve_methods(options.benchmark, None, dirs) if options.methods is None else list(options.methods)
     teachers = resolve_methods(options.benchmark, options.undo_teachers, dirs)
@@ -1294,6 +1337,14 @@ def parser(benchmark: str) -> argparse.ArgumentParser:
         "--tag", help="names a variant's trained runs <method>-TAG (with --override); the original and retain-only "
         "evaluations are shared with the grid"
     )  # fmt: skip
+    p.add_argument(
+        "--robustness-without",
+        nargs="+",
+        default=[],
+        metavar="METRIC",
+        help="robustness metrics to leave out (e.g. embedding_attack relearn_heldout: the two that fit a model, most "
+        "of the suite's time on a real model on the CPU)",
+    )
     return p
 
 
@@ -1336,6 +1387,7 @@ def options_from_args(benchmark: str, args: argparse.Namespace) -> GridOptions:
         demo=demo,
         overrides=tuple(args.override),
         tag=args.tag,
+        robustness_without=tuple(args.robustness_without),
     )
 
 

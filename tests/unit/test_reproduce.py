@@ -616,6 +616,62 @@ def test_cpu_wmdp_grid_uses_local_stand_in_tasks(ou_root, full_demo, tmp_path) -
     assert not any(a in q["question"] for q in general for a in forget)
 
 
+def test_robustness_metrics_are_the_experiments_own() -> None:
+    """--robustness-without checks names against ROBUSTNESS_METRICS: it must list what the configs compose."""
+    import yaml
+
+    configs = Path(rp.__file__).parent / "configs"
+    for benchmark in ("tofu", "muse"):
+        experiment = yaml.safe_load((configs / "experiment" / "eval" / benchmark / "robustness.yaml").read_text())
+        nodes = [k for d in experiment["defaults"] if isinstance(d, dict) for k in d if "@" in k]
+        prefix = f"/eval/{benchmark}_metrics@{rp.ROBUSTNESS_NODES[benchmark]}."
+        assert all(n.startswith(prefix) for n in nodes)
+        assert tuple(n.removeprefix(prefix) for n in nodes) == rp.ROBUSTNESS_METRICS[benchmark]
+    attacks = yaml.safe_load((configs / "eval" / "lm_eval_robust.yaml").read_text())["attacks"]
+    assert tuple(attacks) == rp.ROBUSTNESS_METRICS["wmdp"]
+
+
+def test_robustness_without_leaves_metrics_out_of_robustness_evaluations_only(ou_root, demo_dir, tmp_path) -> None:
+    full = cpu_grid("tofu", ou_root, demo_dir, tmp_path, splits=["forget05"], methods=["NPO"])
+    lean = cpu_grid(
+        "tofu", ou_root, demo_dir, tmp_path, splits=["forget05"], methods=["NPO"],
+        robustness_without=("embedding_attack", "relearn_heldout"),
+    )  # fmt: skip
+    assert [s.argv for s in full.steps if s.kind != "robustness"] == [
+        s.argv for s in lean.steps if s.kind != "robustness"
+    ]
+    robust = by_run(lean, "robustness")
+    assert set(robust) == set(by_run(full, "robustness")) and len(robust) == 3  # original, retain-only, NPO
+    for step in robust.values():
+        # the experiment's metric deleted, with every setting of it; the profile's addition never added
+        assert "~eval.tofu.metrics.embedding_attack" in step.argv
+        mentions = [a for a in step.argv if "embedding_attack" in a or "relearn_heldout" in a]
+        assert mentions == ["~eval.tofu.metrics.embedding_attack"], mentions
+        # the rest of the suite keeps its CPU settings
+        assert arg(step, "eval.tofu.metrics.relearn_attack.steps") == "10"
+        assert arg(step, "eval.tofu.metrics.directional_ablation.concept_size") == "5"  # the demo's QA per author
+    full_npo = by_run(full, "robustness")["tofu_demo_forget05_NPO"].argv
+    assert "+eval/tofu_metrics@eval.tofu.metrics.relearn_heldout=relearn_heldout" in full_npo
+    assert "~eval.tofu.metrics.embedding_attack" not in full_npo
+
+
+def test_robustness_without_an_lm_eval_attack_sets_it_to_null(ou_root, full_demo, tmp_path) -> None:
+    g = cpu_grid("wmdp", ou_root, full_demo, tmp_path, splits=["cyber"], robustness_without=("relearn",))
+    for step in by_run(g, "robustness").values():
+        assert arg(step, "eval.lm_eval.attacks.relearn") == "null"
+        assert not any(a.startswith("eval.lm_eval.attacks.relearn.") for a in step.argv)
+
+
+def test_robustness_without_an_unknown_metric_names_the_known_ones(ou_root, demo_dir, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"embeding_attack.*choose from .*embedding_attack, relearn_heldout"):
+        cpu_grid("tofu", ou_root, demo_dir, tmp_path, robustness_without=("embeding_attack",))
+    # held-out relearning is the CPU profile's addition: the GPU grid has no such metric to leave out
+    with pytest.raises(ValueError, match="relearn_heldout: not a robustness metric of the tofu grid"):
+        grid("tofu", ou_root, tmp_path, robustness_without=("relearn_heldout",))
+    g = grid("tofu", ou_root, tmp_path, splits=["forget05"], methods=["NPO"], robustness_without=("prompt_attack",))
+    assert all("~eval.tofu.metrics.prompt_attack" in s.argv for s in by_run(g, "robustness").values())
+
+
 @pytest.mark.parametrize("benchmark", ["muse", "wmdp"])
 def test_cpu_dry_run_writes_nothing(benchmark, ou_root, full_demo, tmp_path) -> None:
     before = sorted(p for p in full_demo.rglob("*"))
