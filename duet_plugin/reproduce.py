@@ -971,6 +971,7 @@ def robustness_metrics(benchmark: str, profile: str) -> tuple[str, ...]:
 def without_metrics(args: Sequence[str], benchmark: str, names: Sequence[str]) -> list[str]:
     """A robustness evaluation's ``args`` without the metrics ``names``: every argument that adds or sets one is
     dropped, and the experiment's own are deleted (``~node``; an lm-eval attack: ``node=null``)."""
+    names = list(dict.fromkeys(names))  # Hydra refuses to delete a key twice
     nodes = [f"{ROBUSTNESS_NODES[benchmark]}.{name}" for name in names]
 
     def sets_one(arg: str) -> bool:
